@@ -1,0 +1,100 @@
+"""Orbax checkpoints: async saves, keep-last-N, resume from the latest complete step.
+
+A checkpoint holds the train state (`step`, `params`, `opt_state`) and a JSON `meta` item describing
+what it is compatible with (vocabulary size, model shape, tokenizer fingerprint). The data position
+and the RNG need no storage of their own: both are functions of (seed, step). Orbax writes to a
+temporary folder and renames it when complete, so an interrupted save never looks like a checkpoint.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import jax
+import orbax.checkpoint as ocp
+
+from xlplastic.errors import UserError
+
+# Model fields that change parameter shapes: a checkpoint must agree on all of them.
+SHAPE_KEYS = ("hidden_size", "num_layers", "num_heads", "mlp_dim", "max_positions", "type_vocab_size", "num_languages", "norm")
+
+
+def make_meta(vocab_size: int, model_cfg: dict[str, Any], tokenizer_sha: str | None, extra: dict | None = None) -> dict:
+    return {
+        "vocab_size": int(vocab_size),
+        "model": {k: model_cfg[k] for k in SHAPE_KEYS},
+        "tokenizer_sha": tokenizer_sha,
+        **(extra or {}),
+    }
+
+
+def check_compatible(found: dict, expected: dict, where: str) -> None:
+    """One line naming the first mismatch between a checkpoint and the run that wants to resume from it."""
+    if found.get("vocab_size") != expected["vocab_size"]:
+        raise UserError(
+            f"{where}: checkpoint vocabulary size {found.get('vocab_size')} does not match the tokenizer's "
+            f"{expected['vocab_size']}; expected the tokenizer this checkpoint was trained with"
+        )
+    for k in SHAPE_KEYS:
+        if found.get("model", {}).get(k) != expected["model"][k]:
+            raise UserError(
+                f"{where}: checkpoint has model.{k}={found.get('model', {}).get(k)!r} but the config asks for "
+                f"{expected['model'][k]!r}; expected matching model shapes"
+            )
+    fs, es = found.get("tokenizer_sha"), expected.get("tokenizer_sha")
+    if fs and es and fs != es:
+        raise UserError(f"{where}: checkpoint was trained with a different tokenizer (sha {fs[:12]} vs {es[:12]})")
+
+
+class Checkpointer:
+    def __init__(self, directory: str | Path, keep: int = 3, async_save: bool = True):
+        self.directory = Path(directory).resolve()
+        options = ocp.CheckpointManagerOptions(
+            max_to_keep=keep,
+            create=True,
+            enable_async_checkpointing=async_save,
+        )
+        self.manager = ocp.CheckpointManager(self.directory, options=options, item_names=("state", "meta"))
+
+    def latest_step(self) -> int | None:
+        return self.manager.latest_step()
+
+    def save(self, step: int, state: dict, meta: dict) -> None:
+        self.manager.save(
+            step,
+            args=ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)),
+            force=True,
+        )
+
+    def read_meta(self, step: int) -> dict:
+        where = self.directory / str(step)
+        try:
+            out = self.manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))
+        except Exception as e:  # noqa: BLE001 - Orbax raises many types for unreadable folders
+            raise UserError(f"{where}: checkpoint metadata is unreadable ({type(e).__name__}); expected an xlplastic checkpoint") from None
+        if not isinstance(out.meta, dict):
+            raise UserError(f"{where}: checkpoint metadata is missing; expected an xlplastic checkpoint")
+        return out.meta
+
+    def restore(self, step: int, abstract_state: dict, expected_meta: dict) -> dict:
+        """Restores onto the shardings of `abstract_state` (ShapeDtypeStructs with .sharding)."""
+        where = self.directory / str(step)
+        check_compatible(self.read_meta(step), expected_meta, str(where))
+        try:
+            out = self.manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state)))
+        except Exception as e:  # noqa: BLE001
+            msg = str(e).splitlines()[0][:200] if str(e) else type(e).__name__
+            raise UserError(f"{where}: checkpoint is corrupt or incompatible ({msg}); expected a complete checkpoint of this model") from None
+        return out.state
+
+    def wait(self) -> None:
+        self.manager.wait_until_finished()
+
+    def close(self) -> None:
+        self.manager.wait_until_finished()
+        self.manager.close()
+
+
+def abstract_like(tree, shardings):
+    return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), tree, shardings)

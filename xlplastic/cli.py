@@ -1,0 +1,85 @@
+"""`xlplastic run CONFIG.yaml [--set key=value ...] [--run-dir DIR]` and `xlplastic bench ...`.
+
+User errors (bad config, data, checkpoint, NaN loss) print one line `xlplastic: error: ...` and exit 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+from xlplastic.errors import UserError
+
+
+def _distributed_init(args) -> None:
+    """Starts jax.distributed when launched as several processes (explicit flags, env, SLURM or TPU pod)."""
+    import jax
+
+    coord = args.coordinator or os.environ.get("XLPLASTIC_COORDINATOR")
+    nproc = args.num_processes or int(os.environ.get("XLPLASTIC_NUM_PROCESSES", "0") or 0)
+    pid = args.process_id if args.process_id is not None else os.environ.get("XLPLASTIC_PROCESS_ID")
+    if coord and nproc and nproc > 1:
+        if jax.config.jax_platforms in (None, "", "cpu") or os.environ.get("JAX_PLATFORMS", "") == "cpu":
+            jax.config.update("jax_cpu_collectives_implementation", "gloo")
+        jax.distributed.initialize(coordinator_address=coord, num_processes=nproc, process_id=int(pid))
+    elif int(os.environ.get("SLURM_NTASKS", "1")) > 1 or "," in os.environ.get("TPU_WORKER_HOSTNAMES", ""):
+        jax.distributed.initialize()  # cluster auto-detection
+
+
+def _cmd_run(args) -> int:
+    from xlplastic.config import load_config
+
+    cfg = load_config(args.config, args.set)
+    _distributed_init(args)
+    from xlplastic.run import run
+
+    run_dir = Path(args.run_dir) if args.run_dir else Path("runs") / cfg.name
+    result = run(cfg, run_dir)
+    if result.interrupted:
+        sig = result.results.get("signal")
+        return 128 + int(sig) if sig else 0
+    return 0
+
+
+def _cmd_bench(args) -> int:
+    if args.what == "train":
+        from xlplastic.bench import train_bench
+
+        return train_bench.main(args.rest + (["--json", args.json] if args.json else []))
+    raise UserError(f"unknown benchmark {args.what!r}; expected one of: train")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="xlplastic", description="Masked-LM pretraining for cross-lingual plasticity research")
+    sub = p.add_subparsers(dest="command", required=True)
+    r = sub.add_parser("run", help="run an experiment config")
+    r.add_argument("config", help="YAML config (may use `base:` inheritance)")
+    r.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key, e.g. train.steps=100")
+    r.add_argument("--run-dir", help="output folder (default runs/<name>); rerunning resumes from its checkpoints")
+    r.add_argument("--coordinator", help="jax.distributed coordinator host:port (multi-process)")
+    r.add_argument("--num-processes", type=int)
+    r.add_argument("--process-id", type=int)
+    r.set_defaults(fn=_cmd_run)
+    b = sub.add_parser("bench", help="benchmarks against a named peer")
+    b.add_argument("what", choices=["train"])
+    b.add_argument("--json", help="write the figures to this JSON file")
+    b.add_argument("rest", nargs=argparse.REMAINDER, help="benchmark options (see `xlplastic bench train -- --help`)")
+    b.set_defaults(fn=_cmd_bench)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if getattr(args, "rest", None) and args.rest[:1] == ["--"]:
+        args.rest = args.rest[1:]
+    try:
+        return int(args.fn(args) or 0)
+    except UserError as e:
+        print(f"xlplastic: error: {e}", file=sys.stderr, flush=True)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

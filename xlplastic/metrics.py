@@ -1,0 +1,106 @@
+"""Run-directory logging: metrics.jsonl (one object per logged step), TensorBoard events, console progress."""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+
+def read_jsonl(path: Path) -> list[dict[str, Any]]:
+    if not path.exists():
+        return []
+    rows = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        line = line.strip()
+        if line:
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError:
+                break  # a line cut by a kill: everything before it is valid
+    return rows
+
+
+class MetricsLog:
+    """Appends rows; on resume drops rows past the restored step so the file reads as one clean run."""
+
+    def __init__(self, run_dir: Path, resume_step: int, enabled: bool = True, tensorboard: bool = True):
+        self.enabled = enabled
+        self.path = run_dir / "metrics.jsonl"
+        self.rows = [r for r in read_jsonl(self.path) if r.get("step", 0) <= resume_step]
+        self._tb = None
+        if not enabled:
+            return
+        with open(self.path, "w", encoding="utf-8") as f:
+            for r in self.rows:
+                f.write(json.dumps(r) + "\n")
+        self._file = open(self.path, "a", encoding="utf-8")
+        if tensorboard:
+            try:
+                from tensorboardX import SummaryWriter
+
+                self._tb = SummaryWriter(str(run_dir / "tensorboard"), purge_step=resume_step + 1)
+            except ImportError:  # optional
+                self._tb = None
+
+    def write(self, row: dict[str, Any]) -> None:
+        self.rows.append(row)
+        if not self.enabled:
+            return
+        self._file.write(json.dumps(row) + "\n")
+        self._file.flush()
+        if self._tb is not None:
+            for k, v in row.items():
+                if k != "step" and isinstance(v, (int, float)) and math.isfinite(v):
+                    self._tb.add_scalar(k, v, row["step"])
+
+    def close(self) -> None:
+        if self.enabled:
+            self._file.close()
+            if self._tb is not None:
+                self._tb.close()
+
+
+class Progress:
+    """A rich progress bar on a terminal; a few plain lines otherwise (CI logs stay short)."""
+
+    def __init__(self, total: int, start: int, enabled: bool):
+        self.total, self.start = total, start
+        self.enabled = enabled
+        self.tty = enabled and sys.stdout.isatty()
+        self._bar = None
+        self._every = max(1, (total - start) // 10)
+        self._last_print = start
+        if self.tty:
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress as RichProgress, TextColumn, TimeRemainingColumn
+
+            self._bar = RichProgress(
+                TextColumn("[bold]train"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"), TimeRemainingColumn()
+            )
+            self._task = self._bar.add_task("train", total=total, completed=start, info="")
+            self._bar.start()
+
+    def update(self, step: int, info: dict[str, float]) -> None:
+        text = "  ".join(f"{k} {v:,.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in info.items())
+        if self._bar is not None:
+            self._bar.update(self._task, completed=step, info=text)
+        elif self.enabled and (step - self._last_print >= self._every or step == self.total):
+            self._last_print = step
+            print(f"step {step}/{self.total}  {text}", flush=True)
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.stop()
+
+
+class Timer:
+    def __init__(self):
+        self.t0 = time.perf_counter()
+
+    def lap(self) -> float:
+        t = time.perf_counter()
+        dt, self.t0 = t - self.t0, t
+        return dt

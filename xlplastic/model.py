@@ -1,0 +1,251 @@
+"""Masked-LM encoder (BERT / RoBERTa / XLM-R conventions) in Flax NNX.
+
+Every parameter carries `axes=` logical axis names; `sharding.py` maps them to the mesh. Parameters are
+stored in `param_dtype` and cast to the compute `dtype` at use; layer norms, softmax and the loss run in
+float32. Shapes in names follow nanodo: B batch, T length, D model width, N heads, H head width, F FFN
+width, V vocabulary, P predicted (masked) positions.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from xlplastic.config import ModelConfig
+from xlplastic.sharding import constrain
+
+_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+
+
+def _param(rngs: nnx.Rngs, shape, axes, std: float | None, dtype) -> nnx.Param:
+    """A parameter with logical axes; std None = zeros, 'one' = ones."""
+    if std is None:
+        value = jnp.zeros(shape, dtype)
+    elif std == "one":
+        value = jnp.ones(shape, dtype)
+    else:
+        value = (std * jax.random.truncated_normal(rngs.params(), -2.0, 2.0, shape)).astype(dtype)
+    return nnx.Param(value, axes=tuple(axes))
+
+
+class LayerNorm(nnx.Module):
+    def __init__(self, cfg: ModelConfig, rngs: nnx.Rngs):
+        pd = _DTYPES[cfg.param_dtype]
+        self.eps = cfg.layer_norm_eps
+        self.scale = _param(rngs, (cfg.hidden_size,), ("embed",), "one", pd)
+        self.bias = _param(rngs, (cfg.hidden_size,), ("embed",), None, pd)
+
+    def __call__(self, x):
+        dtype = x.dtype
+        x = x.astype(jnp.float32)
+        mean = x.mean(-1, keepdims=True)
+        var = jnp.square(x - mean).mean(-1, keepdims=True)
+        y = (x - mean) * jax.lax.rsqrt(var + self.eps)
+        return (y * self.scale[...].astype(jnp.float32) + self.bias[...].astype(jnp.float32)).astype(dtype)
+
+
+def dropout(x, rate: float, key):
+    """Inverted dropout; `key=None` means deterministic (evaluation)."""
+    if key is None or rate <= 0.0:
+        return x
+    keep = jax.random.bernoulli(key, 1.0 - rate, x.shape)
+    return jnp.where(keep, x / (1.0 - rate), 0).astype(x.dtype)
+
+
+class Attention(nnx.Module):
+    def __init__(self, cfg: ModelConfig, rngs: nnx.Rngs):
+        pd, std = _DTYPES[cfg.param_dtype], cfg.init_std
+        D, N = cfg.hidden_size, cfg.num_heads
+        H = D // N
+        self.cfg = cfg
+        self.qkv_kernel = _param(rngs, (3, D, N, H), ("qkv", "embed", "heads", "kv"), std, pd)
+        self.qkv_bias = _param(rngs, (3, N, H), ("qkv", "heads", "kv"), None, pd)
+        self.out_kernel = _param(rngs, (N, H, D), ("heads", "kv", "embed"), std, pd)
+        self.out_bias = _param(rngs, (D,), ("embed",), None, pd)
+
+    def __call__(self, x_BxTxD, lengths_B, key):
+        cfg, dt = self.cfg, x_BxTxD.dtype
+        qkv = jnp.einsum("btd,sdnh->sbtnh", x_BxTxD, self.qkv_kernel[...].astype(dt))
+        qkv = qkv + self.qkv_bias[...].astype(dt)[:, None, None]
+        q_BxTxNxH, k_BxTxNxH, v_BxTxNxH = qkv[0], qkv[1], qkv[2]
+        q_BxTxNxH = constrain(q_BxTxNxH, ("batch", "length", "heads", "kv"))
+        if key is not None and cfg.attention_dropout > 0:
+            # jax.nn.dot_product_attention has no dropout: take the explicit path while training with it.
+            scale = q_BxTxNxH.shape[-1] ** -0.5
+            s = jnp.einsum("btnh,bsnh->bnts", q_BxTxNxH, k_BxTxNxH, preferred_element_type=jnp.float32) * scale
+            valid = jnp.arange(x_BxTxD.shape[1])[None, :] < lengths_B[:, None]
+            s = jnp.where(valid[:, None, None, :], s, jnp.finfo(jnp.float32).min)
+            p = dropout(jax.nn.softmax(s, axis=-1), cfg.attention_dropout, key).astype(dt)
+            o_BxTxNxH = jnp.einsum("bnts,bsnh->btnh", p, v_BxTxNxH)
+        else:
+            o_BxTxNxH = jax.nn.dot_product_attention(
+                q_BxTxNxH,
+                k_BxTxNxH,
+                v_BxTxNxH,
+                key_value_seq_lengths=lengths_B,
+                implementation=cfg.attention_impl,
+            )
+        out = jnp.einsum("btnh,nhd->btd", o_BxTxNxH, self.out_kernel[...].astype(dt))
+        return out + self.out_bias[...].astype(dt)
+
+
+class MLP(nnx.Module):
+    def __init__(self, cfg: ModelConfig, rngs: nnx.Rngs):
+        pd, std = _DTYPES[cfg.param_dtype], cfg.init_std
+        D, F = cfg.hidden_size, cfg.mlp_dim
+        self.in_kernel = _param(rngs, (D, F), ("embed", "mlp"), std, pd)
+        self.in_bias = _param(rngs, (F,), ("mlp",), None, pd)
+        self.out_kernel = _param(rngs, (F, D), ("mlp", "embed"), std, pd)
+        self.out_bias = _param(rngs, (D,), ("embed",), None, pd)
+
+    def __call__(self, x_BxTxD):
+        dt = x_BxTxD.dtype
+        h_BxTxF = x_BxTxD @ self.in_kernel[...].astype(dt) + self.in_bias[...].astype(dt)
+        h_BxTxF = constrain(jax.nn.gelu(h_BxTxF, approximate=False), ("batch", "length", "mlp"))
+        return h_BxTxF @ self.out_kernel[...].astype(dt) + self.out_bias[...].astype(dt)
+
+
+class Block(nnx.Module):
+    """One transformer layer; `norm='post'` is BERT/RoBERTa, `'pre'` normalises before each sublayer."""
+
+    def __init__(self, cfg: ModelConfig, rngs: nnx.Rngs):
+        self.cfg = cfg
+        self.attention = Attention(cfg, rngs)
+        self.attention_norm = LayerNorm(cfg, rngs)
+        self.mlp = MLP(cfg, rngs)
+        self.mlp_norm = LayerNorm(cfg, rngs)
+
+    def __call__(self, x_BxTxD, lengths_B, key):
+        cfg = self.cfg
+        k_att, k_drop1, k_drop2 = jax.random.split(key, 3) if key is not None else (None, None, None)
+        if cfg.norm == "pre":
+            x_BxTxD = x_BxTxD + dropout(self.attention(self.attention_norm(x_BxTxD), lengths_B, k_att), cfg.dropout, k_drop1)
+            x_BxTxD = x_BxTxD + dropout(self.mlp(self.mlp_norm(x_BxTxD)), cfg.dropout, k_drop2)
+        else:
+            x_BxTxD = self.attention_norm(x_BxTxD + dropout(self.attention(x_BxTxD, lengths_B, k_att), cfg.dropout, k_drop1))
+            x_BxTxD = self.mlp_norm(x_BxTxD + dropout(self.mlp(x_BxTxD), cfg.dropout, k_drop2))
+        return constrain(x_BxTxD, ("batch", "length", "embed"))
+
+
+class MLMHead(nnx.Module):
+    """Dense + GELU + LayerNorm transform, then the tied vocabulary projection with its own bias."""
+
+    def __init__(self, cfg: ModelConfig, vocab_size: int, rngs: nnx.Rngs):
+        pd, std = _DTYPES[cfg.param_dtype], cfg.init_std
+        D = cfg.hidden_size
+        self.kernel = _param(rngs, (D, D), ("embed", "hidden"), std, pd)
+        self.bias = _param(rngs, (D,), ("hidden",), None, pd)
+        self.norm = LayerNorm(cfg, rngs)
+        self.output_bias = _param(rngs, (vocab_size,), ("vocab",), None, pd)
+
+
+class Encoder(nnx.Module):
+    def __init__(self, cfg: ModelConfig, vocab_size: int, *, rngs: nnx.Rngs):
+        pd, std = _DTYPES[cfg.param_dtype], cfg.init_std
+        D = cfg.hidden_size
+        self.cfg = cfg
+        self.vocab_size = vocab_size
+        self.token_embed = _param(rngs, (vocab_size, D), ("vocab", "embed"), std, pd)
+        self.position_embed = _param(rngs, (cfg.max_positions, D), ("positions", "embed"), std, pd)
+        if cfg.type_vocab_size:
+            self.type_embed = _param(rngs, (cfg.type_vocab_size, D), ("types", "embed"), std, pd)
+        if cfg.num_languages:
+            self.language_embed = _param(rngs, (cfg.num_languages, D), ("languages", "embed"), std, pd)
+        self.embed_norm = LayerNorm(cfg, rngs)
+        for i in range(cfg.num_layers):
+            setattr(self, f"layer_{i}", Block(cfg, rngs))
+        if cfg.norm == "pre":
+            self.final_norm = LayerNorm(cfg, rngs)
+        self.mlm_head = MLMHead(cfg, vocab_size, rngs)
+
+    def layers(self) -> list[Block]:
+        return [getattr(self, f"layer_{i}") for i in range(self.cfg.num_layers)]
+
+    def encode(
+        self,
+        tokens_BxT,
+        lengths_B,
+        *,
+        types_BxT=None,
+        lang_B=None,
+        dropout_key=None,
+        return_hidden: bool = False,
+    ):
+        """Hidden states [B, T, D] (and, with return_hidden, every layer's output; layer 0 = embeddings)."""
+        cfg = self.cfg
+        dt = _DTYPES[cfg.dtype]
+        T = tokens_BxT.shape[1]
+        if T > cfg.max_positions:
+            raise ValueError(f"sequence length {T} exceeds model.max_positions {cfg.max_positions}")
+        x = jnp.take(self.token_embed[...], tokens_BxT, axis=0).astype(jnp.float32)
+        x = x + self.position_embed[...][:T].astype(jnp.float32)[None]
+        if cfg.type_vocab_size:
+            types_BxT = jnp.zeros_like(tokens_BxT) if types_BxT is None else types_BxT
+            x = x + jnp.take(self.type_embed[...], types_BxT, axis=0).astype(jnp.float32)
+        if cfg.num_languages and lang_B is not None:
+            x = x + jnp.take(self.language_embed[...], lang_B, axis=0).astype(jnp.float32)[:, None]
+        keys = (None,) * (cfg.num_layers + 1) if dropout_key is None else tuple(jax.random.split(dropout_key, cfg.num_layers + 1))
+        x_BxTxD = dropout(self.embed_norm(x).astype(dt), cfg.dropout, keys[0])
+        x_BxTxD = constrain(x_BxTxD, ("batch", "length", "embed"))
+        hidden = [x_BxTxD]
+        for block, key in zip(self.layers(), keys[1:]):
+            if cfg.remat == "block":
+                x_BxTxD = nnx.remat(lambda b, x, l, k: b(x, l, k))(block, x_BxTxD, lengths_B, key)
+            else:
+                x_BxTxD = block(x_BxTxD, lengths_B, key)
+            hidden.append(x_BxTxD)
+        if cfg.norm == "pre":
+            x_BxTxD = self.final_norm(x_BxTxD)
+            hidden[-1] = x_BxTxD
+        return (x_BxTxD, hidden) if return_hidden else x_BxTxD
+
+    def mlm_logits(self, h_BxPxD):
+        """Vocabulary logits (float32) for the given positions only: the projection is tied to token_embed."""
+        head = self.mlm_head
+        dt = h_BxPxD.dtype
+        h = h_BxPxD @ head.kernel[...].astype(dt) + head.bias[...].astype(dt)
+        h = head.norm(jax.nn.gelu(h, approximate=False))
+        logits_BxPxV = jnp.einsum(
+            "bpd,vd->bpv", h, self.token_embed[...].astype(dt), preferred_element_type=jnp.float32
+        )
+        return logits_BxPxV + head.output_bias[...].astype(jnp.float32)
+
+
+def create(cfg: ModelConfig, vocab_size: int, seed: int) -> Encoder:
+    return Encoder(cfg, vocab_size, rngs=nnx.Rngs(params=seed))
+
+
+def split(model: Encoder) -> tuple[Any, dict]:
+    """(graphdef, pure dict of parameters): the dict is what the train state, optax and Orbax see."""
+    graphdef, state = nnx.split(model, nnx.Param)
+    return graphdef, state.to_pure_dict()
+
+
+def merge(graphdef, abstract_state, params: dict) -> Encoder:
+    state = jax.tree.map(lambda x: x, abstract_state)
+    nnx.replace_by_pure_dict(state, params)
+    return nnx.merge(graphdef, state)
+
+
+def logical_axes(model: Encoder) -> dict:
+    """Pure dict (same structure as the parameters) of each leaf's logical axis names."""
+    _, state = nnx.split(model, nnx.Param)
+    out: dict = {}
+    for path, var in nnx.to_flat_state(state):
+        node = out
+        for p in path[:-1]:
+            node = node.setdefault(str(p), {})
+        node[str(path[-1])] = var.get_metadata()["axes"]
+    return out
+
+
+def num_params(params: dict, include_embeddings: bool = True) -> int:
+    leaves = jax.tree_util.tree_leaves_with_path(params)
+    return sum(
+        int(x.size)
+        for path, x in leaves
+        if include_embeddings or not any(getattr(k, "key", None) in ("token_embed", "position_embed") for k in path)
+    )

@@ -1,0 +1,316 @@
+"""One pretraining run, start to finish: data, mesh, state (fresh or resumed), the step loop, outputs.
+
+The loop is big_vision-style and reads top to bottom. Two rules keep it fast: metrics of step s are
+fetched only after step s+1 has been dispatched (no host sync in the hot path), and nothing in the loop
+changes shapes or shardings (one compilation). A checkpoint step is the one place the host waits: it
+checks that step's loss is finite first, so a NaN never reaches a checkpoint.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import signal
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import jax
+import numpy as np
+
+from xlplastic import checkpoint as ckpt_lib
+from xlplastic.config import Config, dump_config
+from xlplastic.data.pipeline import StepSampler, build_corpora
+from xlplastic.data.sources import iter_texts
+from xlplastic.data.tokenizers import load_tokenizer, special_tokens, train_tokenizer
+from xlplastic.errors import UserError
+from xlplastic.metrics import MetricsLog, Progress
+from xlplastic.model import num_params
+from xlplastic.sharding import check_batch, describe, make_mesh, put_global_batch
+from xlplastic.train import Specials, build_trainer
+
+
+class TrainingDiverged(UserError):
+    """The loss became NaN/inf; the run stopped and kept its last good checkpoint."""
+
+
+@dataclass
+class RunResult:
+    run_dir: Path
+    final_step: int
+    results: dict[str, Any]
+    interrupted: bool = False
+
+
+def is_main() -> bool:
+    return jax.process_index() == 0
+
+
+def barrier(name: str) -> None:
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        multihost_utils.sync_global_devices(name)
+
+
+def log(msg: str) -> None:
+    if is_main():
+        print(msg, flush=True)
+
+
+def prepare_tokenizer(cfg: Config, run_dir: Path):
+    """Loads `data.tokenizer.path`, else the run's own tokenizer.json, else trains one (process 0 writes)."""
+    tcfg = cfg.data.tokenizer
+    own = run_dir / "tokenizer.json"
+    if tcfg.path:
+        path = Path(tcfg.path)
+        if not path.is_absolute() and cfg.data.data_dir and not path.exists():
+            path = Path(cfg.data.data_dir) / path
+        return load_tokenizer(path)
+    if not own.exists():
+        if is_main():
+            texts = (t for c in cfg.data.corpora for t in iter_texts(c, cfg.data.data_dir))
+            tok = train_tokenizer(texts, tcfg)
+            tmp = own.with_suffix(".tmp")
+            tok.save(str(tmp))
+            tmp.replace(own)
+        barrier("tokenizer")
+    return load_tokenizer(own)
+
+
+def _sha(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def _finite_or_raise(row: dict, last_ckpt: int | None) -> None:
+    if not math.isfinite(row["loss"]):
+        kept = f"the last good checkpoint is step {last_ckpt}" if last_ckpt is not None else "no checkpoint was written"
+        raise TrainingDiverged(
+            f"training diverged: loss is {row['loss']} at step {row['step']}; stopped, {kept} "
+            "(expected a finite loss: lower train.optimizer.lr or set train.optimizer.clip_norm)"
+        )
+
+
+def run(cfg: Config, run_dir: str | Path, *, max_steps: int | None = None, stop_at: int | None = None) -> RunResult:
+    """Trains `cfg.train.steps` steps in `run_dir` (resuming if it holds a checkpoint).
+
+    `stop_at` ends the loop early after that step (with a checkpoint), as a preemption would; tests use it.
+    """
+    run_dir = Path(run_dir).resolve()
+    run_dir.mkdir(parents=True, exist_ok=True)
+    t_start = time.perf_counter()
+    log(
+        f"xlplastic: process {jax.process_index()}/{jax.process_count()}, "
+        f"{jax.local_device_count()} local / {jax.device_count()} global devices ({jax.devices()[0].platform})"
+    )
+    if is_main():
+        (run_dir / "config.yaml").write_text(dump_config(cfg), encoding="utf-8")
+
+    # ---- data
+    tokenizer = prepare_tokenizer(cfg, run_dir)
+    sp = special_tokens(tokenizer)
+    specials = Specials(pad=sp.pad, mask=sp.mask, all_ids=tuple(sp.all_ids))
+    vocab_size = cfg.model.vocab_size or tokenizer.get_vocab_size()
+    if vocab_size < tokenizer.get_vocab_size():
+        raise UserError(
+            f"model.vocab_size {vocab_size} is smaller than the tokenizer's vocabulary {tokenizer.get_vocab_size()}; "
+            "expected model.vocab_size >= tokenizer size (or null to take it from the tokenizer)"
+        )
+    cache_dir = Path(cfg.data.cache_dir) if cfg.data.cache_dir else run_dir / "data_cache"
+    if is_main():
+        langs = build_corpora(cfg.data, tokenizer, cache_dir)
+    barrier("corpora")
+    if not is_main():
+        langs = build_corpora(cfg.data, tokenizer, cache_dir)
+    tcfg = cfg.train
+    sampler = StepSampler(langs, tcfg.batch_size, tcfg.seed, cfg.data.alpha)
+    lang_names = [l.language for l in langs]
+
+    # ---- mesh and compiled functions
+    mesh = make_mesh(cfg.mesh)
+    check_batch(tcfg.batch_size, mesh, tcfg.grad_accum)
+    log(f"mesh: {describe(mesh)}; languages: {', '.join(f'{l.language} ({l.train.shape[0]} seqs)' for l in langs)}")
+    trainer = build_trainer(cfg, mesh, vocab_size, specials)
+
+    # ---- state: resume or fresh
+    ckpt = ckpt_lib.Checkpointer(run_dir / "checkpoints", keep=cfg.checkpoint.keep, async_save=cfg.checkpoint.async_save)
+    meta = ckpt_lib.make_meta(
+        vocab_size, cfg.model.model_dump(), _sha(tokenizer.to_str()), {"seed": tcfg.seed, "batch_size": tcfg.batch_size}
+    )
+    start = ckpt.latest_step() if cfg.checkpoint.resume else None
+    if start is not None:
+        abstract = ckpt_lib.abstract_like(jax.eval_shape(trainer.init), trainer.state_shardings)
+        state = ckpt.restore(start, abstract, meta)
+        log(f"resumed from {ckpt.directory / str(start)} (step {start})")
+    else:
+        state = trainer.init()
+        start = 0
+    n_params = num_params(state["params"])
+    log(f"model: {n_params / 1e6:.2f}M parameters, vocabulary {vocab_size}, sequence {cfg.data.seq_len}")
+
+    total = tcfg.steps if max_steps is None else min(tcfg.steps, max_steps)
+    metrics_log = MetricsLog(run_dir, start, enabled=is_main())
+    progress = Progress(total, start, enabled=tcfg.progress and is_main())
+    tokens_per_step = tcfg.batch_size * cfg.data.seq_len
+    eval_batches = [
+        put_global_batch(b, mesh, b["tokens"].shape[0] * jax.process_count()) for b in _eval_sets(sampler, cfg)
+    ]
+
+    stop = {"signal": None}
+
+    def on_signal(signum, _frame):
+        stop["signal"] = signum
+
+    old_handlers = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
+    last_ckpt = start if start else None
+    pending: tuple[int, dict, float] | None = None  # (step, device metrics, dispatch time)
+    t_prev = time.perf_counter()
+    step_times: list[float] = []
+    eval_rows: list[dict] = []
+
+    def flush() -> dict | None:
+        """Fetches the pending step's metrics (by now computed) and logs them."""
+        nonlocal pending, t_prev
+        if pending is None:
+            return None
+        s, dev_metrics, _ = pending
+        pending = None
+        host = jax.device_get(dev_metrics)
+        now = time.perf_counter()
+        dt, t_prev = now - t_prev, now
+        step_times.append(dt)
+        row = {"step": s, **{k: float(v) for k, v in host.items()}, "step_time_s": dt,
+               "tokens_per_s": tokens_per_step / dt if dt > 0 else 0.0}
+        _finite_or_raise(row, last_ckpt)
+        if s % tcfg.log_every == 0 or s == total:
+            metrics_log.write(row)
+        progress.update(s, {"loss": row["loss"], "tok/s": row["tokens_per_s"]})
+        return row
+
+    def evaluate(s: int) -> dict:
+        sums = [trainer.eval_step(state["params"], b) for b in eval_batches]
+        host = jax.device_get(sums)
+        n = sum(float(h["predictions"]) for h in host)
+        loss = sum(float(h["loss_sum"]) for h in host) / max(n, 1.0)
+        row = {"step": s, "eval_loss": loss, "eval_accuracy": sum(float(h["correct"]) for h in host) / max(n, 1.0),
+               "eval_perplexity": math.exp(min(loss, 50.0))}
+        metrics_log.write(row)
+        eval_rows.append(row)
+        return row
+
+    def save(s: int) -> None:
+        nonlocal last_ckpt
+        ckpt.save(s, state, meta)
+        last_ckpt = s
+
+    interrupted = False
+    final_step = start
+    try:
+        with jax.transfer_guard("disallow"):  # any implicit host<->device copy in the loop is a bug
+            for s in range(start + 1, total + 1):
+                local = sampler.batch(s - 1, jax.process_index(), jax.process_count())
+                batch = put_global_batch(_batch_arrays(local, cfg), mesh, tcfg.batch_size)
+                state, dev_metrics = trainer.step(state, batch)
+                flush()  # step s-1's metrics, read while step s runs
+                pending = (s, dev_metrics, time.perf_counter())
+                final_step = s
+                every = cfg.checkpoint.every
+                want_eval = tcfg.eval_every and s % tcfg.eval_every == 0 and s != total
+                want_ckpt = (every and s % every == 0) or stop["signal"] is not None or s == stop_at
+                if want_eval or want_ckpt:
+                    flush()
+                if want_eval:
+                    evaluate(s)
+                if want_ckpt and (s != total or stop["signal"] is not None):
+                    save(s)
+                if stop["signal"] is not None or s == stop_at:
+                    interrupted = True
+                    break
+            flush()
+        if not interrupted:
+            if final_step != last_ckpt:
+                save(final_step)
+            evaluate(final_step)
+    finally:
+        progress.close()
+        ckpt.close()  # waits for async saves: a completed checkpoint stays valid even on error
+        metrics_log.close()
+        for s_, h in old_handlers.items():
+            signal.signal(s_, h)
+
+    if interrupted:
+        why = f"signal {stop['signal']}" if stop["signal"] is not None else f"stop_at={stop_at}"
+        log(f"stopped at step {final_step} ({why}); checkpoint saved, rerun the same command to resume")
+        return RunResult(run_dir, final_step, {"signal": stop["signal"]}, interrupted=True)
+
+    results = _results(cfg, metrics_log.rows, eval_rows, step_times, n_params, tokens_per_step, time.perf_counter() - t_start, lang_names)
+    if is_main():
+        _write_json(run_dir / "results.json", results)
+        from xlplastic.report import write_report
+
+        write_report(run_dir, cfg, results, metrics_log.rows)
+    log(f"done: step {final_step}, loss {results['final']['loss']:.4f}, eval loss {results['final']['eval_loss']:.4f}; "
+        f"results in {run_dir / 'results.json'}, report in {run_dir / 'report.md'}")
+    return RunResult(run_dir, final_step, results)
+
+
+def _batch_arrays(local: dict[str, np.ndarray], cfg: Config) -> dict[str, np.ndarray]:
+    out = {"tokens": np.asarray(local["tokens"], np.int32)}
+    if cfg.model.num_languages:
+        out["lang"] = np.asarray(local["lang"], np.int32)
+    return out
+
+
+def _eval_sets(sampler: StepSampler, cfg: Config) -> list[dict]:
+    """Fixed held-out batches; every process keeps its contiguous slice."""
+    n = jax.process_count()
+    bs = cfg.train.batch_size
+    sets = sampler.eval_batches(bs, cfg.train.eval_batches)
+    out = []
+    for b in sets:
+        rows = b["tokens"].shape[0]
+        if rows % n or (rows // n) == 0:
+            continue
+        k = rows // n
+        i = jax.process_index()
+        out.append({key: np.asarray(v)[i * k : (i + 1) * k] for key, v in _batch_arrays(b, cfg).items()})
+    if not out:
+        raise UserError("no held-out evaluation batch could be formed; expected data.eval_sequences >= train.batch_size")
+    return out
+
+
+def _results(cfg, rows, eval_rows, step_times, n_params, tokens_per_step, wall, languages) -> dict:
+    train_rows = [r for r in rows if "loss" in r]
+    last = train_rows[-1] if train_rows else {}
+    ev = eval_rows[-1] if eval_rows else {}
+    steady = sorted(step_times[1:]) or step_times
+    median = steady[len(steady) // 2] if steady else float("nan")
+    final = {
+        "step": last.get("step"),
+        "loss": last.get("loss"),
+        "accuracy": last.get("accuracy"),
+        "eval_loss": ev.get("eval_loss"),
+        "eval_accuracy": ev.get("eval_accuracy"),
+        "eval_perplexity": ev.get("eval_perplexity"),
+        "median_step_time_s": median,
+        "tokens_per_s": tokens_per_step / median if median and median == median else None,
+        "wall_time_s": wall,
+        "num_params": n_params,
+        "devices": jax.device_count(),
+        "processes": jax.process_count(),
+    }
+    lang = "+".join(languages)
+    summary = [
+        {"model": cfg.name, "stage": "pretrain", "task": "mlm", "language": lang, "metric": m, "value": final[k]}
+        for m, k in (("loss", "eval_loss"), ("accuracy", "eval_accuracy"), ("perplexity", "eval_perplexity"))
+        if final[k] is not None
+    ]
+    return {"name": cfg.name, "final": final, "summary": summary, "losses": [r["loss"] for r in train_rows]}
+
+
+def _write_json(path: Path, obj: Any) -> None:
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(obj, indent=2), encoding="utf-8")
+    tmp.replace(path)

@@ -1,0 +1,220 @@
+"""The pure, sharded train step: `(state, batch) -> (state, metrics)` under `jax.jit` with donation.
+
+State is a plain dict `{step, params, opt_state}` of global arrays. The RNG is not state: masking and
+dropout keys are `fold_in(PRNGKey(seed), step)`, so a resumed run draws exactly what an uninterrupted
+one would. Parameters are created already sharded (jit with out_shardings): nothing is materialised
+whole on one host.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import optax
+from flax import nnx
+from jax.sharding import Mesh, NamedSharding
+
+from xlplastic import model as model_lib
+from xlplastic.config import Config
+from xlplastic.groups import label_params
+from xlplastic.masking import mask_tokens
+from xlplastic.optim import make_optimizer, make_schedule
+from xlplastic.sharding import activation_rules, batch_sharding, replicated, tree_shardings
+
+
+@dataclass(frozen=True)
+class Specials:
+    pad: int
+    mask: int
+    all_ids: tuple[int, ...]
+
+
+@dataclass
+class Trainer:
+    """Everything compiled for one run: shardings, optimizer, and the jitted step/eval functions."""
+
+    cfg: Config
+    mesh: Mesh
+    vocab_size: int
+    specials: Specials
+    graphdef: Any
+    abstract_state: Any  # nnx.State of abstract params (for merging pure dicts back into a module)
+    tx: optax.GradientTransformation
+    labels: dict
+    state_shardings: dict
+    init: Callable[[], dict]
+    step: Callable[[dict, dict], tuple[dict, dict]]
+    eval_step: Callable[[dict, dict], dict]
+
+    def apply_model(self, params) -> model_lib.Encoder:
+        return model_lib.merge(self.graphdef, self.abstract_state, params)
+
+
+def _mlm_sums(model: model_lib.Encoder, masked, tokens_BxT, lang_B, pad: int, dropout_key):
+    """Summed masked-LM loss, number of predictions and correct predictions (vocab only at masked spots)."""
+    lengths_B = (tokens_BxT != pad).sum(-1).astype(jnp.int32)
+    h_BxTxD = model.encode(masked.inputs_BxT, lengths_B, lang_B=lang_B, dropout_key=dropout_key)
+    h_BxPxD = jnp.take_along_axis(h_BxTxD, masked.positions_BxP[..., None], axis=1)
+    logits_BxPxV = model.mlm_logits(h_BxPxD)
+    logp = jax.nn.log_softmax(logits_BxPxV, axis=-1)
+    nll_BxP = -jnp.take_along_axis(logp, masked.targets_BxP[..., None], axis=-1)[..., 0]
+    w = masked.weights_BxP
+    correct = ((jnp.argmax(logits_BxPxV, -1) == masked.targets_BxP) * w).sum()
+    return (nll_BxP * w).sum(), (w.sum(), correct)
+
+
+def like_params(tree, abstract_params, param_shardings, default):
+    """Shardings for an optimizer-state tree: a leaf whose dict-key path and shape match a parameter's
+    takes that parameter's sharding (Adam moments), anything else (counts, scalars) gets `default`."""
+    by_path = {}
+    for (path, x), s in zip(jax.tree_util.tree_leaves_with_path(abstract_params), jax.tree.leaves(param_shardings)):
+        by_path[_dict_path(path)] = (x.shape, s)
+
+    def pick(path, x):
+        keys = _dict_path(path)
+        for i in range(len(keys)):  # optax wraps moments in dicts of its own (e.g. per-group states)
+            hit = by_path.get(keys[i:])
+            if hit is not None and hit[0] == x.shape:
+                return hit[1]
+        return default
+
+    return jax.tree_util.tree_map_with_path(pick, tree)
+
+
+def _dict_path(path) -> tuple:
+    return tuple(k.key for k in path if isinstance(k, jax.tree_util.DictKey))
+
+
+def build_trainer(cfg: Config, mesh: Mesh, vocab_size: int, specials: Specials) -> Trainer:
+    mcfg, tcfg = cfg.model, cfg.train
+    rules = cfg.mesh.rules
+    abstract_model = nnx.eval_shape(lambda: model_lib.create(mcfg, vocab_size, tcfg.seed))
+    graphdef, abstract_state = nnx.split(abstract_model, nnx.Param)
+    abstract_params = abstract_state.to_pure_dict()
+    axes = model_lib.logical_axes(abstract_model)
+    param_shardings = tree_shardings(abstract_params, axes, mesh, rules)
+    labels = label_params(abstract_params)
+    tx = make_optimizer(tcfg.optimizer, tcfg.schedule, tcfg.steps, labels)
+    schedule = make_schedule(tcfg.optimizer, tcfg.schedule, tcfg.steps)
+
+    abstract_opt = jax.eval_shape(tx.init, abstract_params)
+    rep = replicated(mesh)
+    opt_shardings = like_params(abstract_opt, abstract_params, param_shardings, rep)
+    state_shardings = {"step": rep, "params": param_shardings, "opt_state": opt_shardings}
+
+    def merge(params):
+        return model_lib.merge(graphdef, abstract_state, params)
+
+    def init_state():
+        m = model_lib.create(mcfg, vocab_size, tcfg.seed)
+        params = nnx.state(m, nnx.Param).to_pure_dict()
+        params = jax.lax.with_sharding_constraint(params, param_shardings)
+        return {"step": jnp.zeros((), jnp.int32), "params": params, "opt_state": tx.init(params)}
+
+    init = jax.jit(init_state, out_shardings=state_shardings)
+
+    dcfg = cfg.data
+    mask_kwargs = dict(
+        special_ids=specials.all_ids,
+        mask_id=specials.mask,
+        vocab_size=vocab_size,
+        mask_prob=dcfg.mask_prob,
+        mask_token_prob=dcfg.mask_token_prob,
+        random_token_prob=dcfg.random_token_prob,
+    )
+    base_key = jax.random.PRNGKey(tcfg.seed)
+    accum = tcfg.grad_accum
+    use_lang = mcfg.num_languages > 0
+
+    def train_step(state, batch):
+        with activation_rules(mesh, rules):
+            step = state["step"]
+            key = jax.random.fold_in(base_key, step)
+            k_mask, k_drop = jax.random.split(key)
+            tokens = batch["tokens"]
+            lang = batch["lang"] if use_lang else None
+            masked = mask_tokens(k_mask, tokens, **mask_kwargs)  # on the full batch: accumulation-invariant
+
+            def grads_of(params, micro, key):
+                tok, msk, lng = micro
+
+                def loss_fn(p):
+                    return _mlm_sums(merge(p), msk, tok, lng, specials.pad, key)
+
+                return jax.value_and_grad(loss_fn, has_aux=True)(params)
+
+            params = state["params"]
+            if accum == 1:
+                (loss_sum, (n, correct)), grads = grads_of(params, (tokens, masked, lang), k_drop)
+            else:
+                # Micro-batch a takes rows a, a+A, ...: every device keeps an equal share of each micro-batch.
+                def split(x):
+                    x = x.reshape((x.shape[0] // accum, accum) + x.shape[1:])
+                    return jnp.swapaxes(x, 0, 1)
+
+                micros = jax.tree.map(split, (tokens, masked, lang))
+
+                def body(carry, inp):
+                    i, micro = inp
+                    (ls, (nn, cc)), g = grads_of(params, micro, jax.random.fold_in(k_drop, i))
+                    acc_g, acc_l, acc_n, acc_c = carry
+                    return (jax.tree.map(jnp.add, acc_g, g), acc_l + ls, acc_n + nn, acc_c + cc), None
+
+                zeros = jax.tree.map(jnp.zeros_like, params)
+                (grads, loss_sum, n, correct), _ = jax.lax.scan(
+                    body, (zeros, 0.0, 0.0, 0.0), (jnp.arange(accum), micros)
+                )
+            denom = jnp.maximum(n, 1.0)
+            grads = jax.tree.map(lambda g: g / denom, grads)
+            updates, opt_state = tx.update(grads, state["opt_state"], params)
+            params = optax.apply_updates(params, updates)
+            metrics = {
+                "loss": loss_sum / denom,
+                "accuracy": correct / denom,
+                "grad_norm": optax.global_norm(grads),
+                "param_norm": optax.global_norm(params),
+                "predictions": n,
+                "lr": schedule(step),
+            }
+            new_state = {"step": step + 1, "params": params, "opt_state": opt_state}
+            return new_state, metrics
+
+    bsh = {"tokens": batch_sharding(mesh, 2)}
+    if use_lang:
+        bsh["lang"] = batch_sharding(mesh, 1)
+    step_fn = jax.jit(
+        train_step,
+        in_shardings=(state_shardings, bsh),
+        out_shardings=(state_shardings, rep),
+        donate_argnums=(0,),
+    )
+
+    eval_key = jax.random.PRNGKey(tcfg.seed + 1_000_003)
+
+    def eval_step(params, batch):
+        with activation_rules(mesh, rules):
+            tokens = batch["tokens"]
+            masked = mask_tokens(eval_key, tokens, **mask_kwargs)
+            lang = batch["lang"] if use_lang else None
+            loss_sum, (n, correct) = _mlm_sums(merge(params), masked, tokens, lang, specials.pad, None)
+            return {"loss_sum": loss_sum, "predictions": n, "correct": correct}
+
+    eval_fn = jax.jit(eval_step, in_shardings=(param_shardings, bsh), out_shardings=rep)
+
+    return Trainer(
+        cfg=cfg,
+        mesh=mesh,
+        vocab_size=vocab_size,
+        specials=specials,
+        graphdef=graphdef,
+        abstract_state=abstract_state,
+        tx=tx,
+        labels=labels,
+        state_shardings=state_shardings,
+        init=init,
+        step=step_fn,
+        eval_step=eval_fn,
+    )
