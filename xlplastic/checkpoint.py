@@ -84,7 +84,8 @@ class Checkpointer:
         try:
             out = self.manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state)))
         except Exception as e:  # noqa: BLE001
-            msg = str(e).splitlines()[0][:200] if str(e) else type(e).__name__
+            msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+            msg = msg.split(" See full TensorStore details")[0][:200]  # the rest is a repr of a bound method
             raise UserError(f"{where}: checkpoint is corrupt or incompatible ({msg}); expected a complete checkpoint of this model") from None
         return out.state
 

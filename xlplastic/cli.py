@@ -24,8 +24,8 @@ def _distributed_init(args) -> None:
         if jax.config.jax_platforms in (None, "", "cpu") or os.environ.get("JAX_PLATFORMS", "") == "cpu":
             jax.config.update("jax_cpu_collectives_implementation", "gloo")
         jax.distributed.initialize(coordinator_address=coord, num_processes=nproc, process_id=int(pid))
-    elif int(os.environ.get("SLURM_NTASKS", "1")) > 1 or "," in os.environ.get("TPU_WORKER_HOSTNAMES", ""):
-        jax.distributed.initialize()  # cluster auto-detection
+    elif args.distributed or os.environ.get("XLPLASTIC_DISTRIBUTED") == "auto":
+        jax.distributed.initialize()  # auto-detection: Cloud TPU pods, SLURM, Open MPI
 
 
 def _cmd_run(args) -> int:
@@ -60,6 +60,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--run-dir", help="output folder (default runs/<name>); rerunning resumes from its checkpoints")
     r.add_argument("--coordinator", help="jax.distributed coordinator host:port (multi-process)")
     r.add_argument("--num-processes", type=int)
+    r.add_argument("--distributed", action="store_true", help="jax.distributed.initialize() with cluster auto-detection (TPU pod, SLURM)")
     r.add_argument("--process-id", type=int)
     r.set_defaults(fn=_cmd_run)
     b = sub.add_parser("bench", help="benchmarks against a named peer")

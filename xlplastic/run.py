@@ -69,14 +69,26 @@ def prepare_tokenizer(cfg: Config, run_dir: Path):
         if not path.is_absolute() and cfg.data.data_dir and not path.exists():
             path = Path(cfg.data.data_dir) / path
         return load_tokenizer(path)
-    if not own.exists():
-        if is_main():
-            texts = (t for c in cfg.data.corpora for t in iter_texts(c, cfg.data.data_dir))
-            tok = train_tokenizer(texts, tcfg)
-            tmp = own.with_suffix(".tmp")
-            tok.save(str(tmp))
-            tmp.replace(own)
-        barrier("tokenizer")
+    # The settings it was trained with, so a rerun that asks for another tokenizer fails instead of
+    # silently resuming with the old one (written before tokenizer.json: that file's presence implies it).
+    settings_path = run_dir / "tokenizer.settings.json"
+    settings = {k: v for k, v in tcfg.model_dump(mode="json").items() if k != "path"}
+    if is_main() and not own.exists():
+        texts = (t for c in cfg.data.corpora for t in iter_texts(c, cfg.data.data_dir))
+        tok = train_tokenizer(texts, tcfg)
+        _write_json(settings_path, settings)
+        tmp = own.with_suffix(".tmp")
+        tok.save(str(tmp))
+        tmp.replace(own)
+    barrier("tokenizer")  # every process, always: whether the file exists yet depends on timing
+    if settings_path.is_file():
+        found = json.loads(settings_path.read_text(encoding="utf-8"))
+        for k, v in settings.items():
+            if k in found and found[k] != v:
+                raise UserError(
+                    f"{own}: this run's tokenizer was trained with data.tokenizer.{k}={found[k]!r} but the config asks "
+                    f"for {v!r}; expected the same tokenizer settings to resume this run (or a new --run-dir)"
+                )
     return load_tokenizer(own)
 
 
@@ -85,28 +97,40 @@ def _sha(text: str) -> str:
 
 
 def _finite_or_raise(row: dict, last_ckpt: int | None) -> None:
-    if not math.isfinite(row["loss"]):
+    # The loss of step s is computed with the parameters *before* update s, while a checkpoint at s holds
+    # them *after* it: a finite loss alone can let NaN parameters into a checkpoint, so the gradient and
+    # the updated parameters' norms are checked too.
+    bad = [k for k in ("loss", "grad_norm", "param_norm") if k in row and not math.isfinite(row[k])]
+    if bad:
         kept = f"the last good checkpoint is step {last_ckpt}" if last_ckpt is not None else "no checkpoint was written"
+        what = ", ".join(f"{k.replace('_', ' ')} is {row[k]}" for k in bad)
         raise TrainingDiverged(
-            f"training diverged: loss is {row['loss']} at step {row['step']}; stopped, {kept} "
-            "(expected a finite loss: lower train.optimizer.lr or set train.optimizer.clip_norm)"
+            f"training diverged: {what} at step {row['step']}; stopped, {kept} "
+            "(expected finite values: lower train.optimizer.lr or set train.optimizer.clip_norm)"
         )
 
 
-def run(cfg: Config, run_dir: str | Path, *, max_steps: int | None = None, stop_at: int | None = None) -> RunResult:
+def run(
+    cfg: Config,
+    run_dir: str | Path,
+    *,
+    max_steps: int | None = None,
+    stop_at: int | None = None,
+    devices: list | None = None,
+) -> RunResult:
     """Trains `cfg.train.steps` steps in `run_dir` (resuming if it holds a checkpoint).
 
-    `stop_at` ends the loop early after that step (with a checkpoint), as a preemption would; tests use it.
+    `stop_at` ends the loop early after that step (with a checkpoint), as a preemption would; `devices`
+    restricts the mesh to some of the devices (tests compare 1 and 8 devices in one process).
     """
     run_dir = Path(run_dir).resolve()
     run_dir.mkdir(parents=True, exist_ok=True)
     t_start = time.perf_counter()
-    log(
+    print(  # every process, so a multi-process launch shows that each one joined
         f"xlplastic: process {jax.process_index()}/{jax.process_count()}, "
-        f"{jax.local_device_count()} local / {jax.device_count()} global devices ({jax.devices()[0].platform})"
+        f"{jax.local_device_count()} local / {jax.device_count()} global devices ({jax.devices()[0].platform})",
+        flush=True,
     )
-    if is_main():
-        (run_dir / "config.yaml").write_text(dump_config(cfg), encoding="utf-8")
 
     # ---- data
     tokenizer = prepare_tokenizer(cfg, run_dir)
@@ -129,7 +153,7 @@ def run(cfg: Config, run_dir: str | Path, *, max_steps: int | None = None, stop_
     lang_names = [l.language for l in langs]
 
     # ---- mesh and compiled functions
-    mesh = make_mesh(cfg.mesh)
+    mesh = make_mesh(cfg.mesh, devices)
     check_batch(tcfg.batch_size, mesh, tcfg.grad_accum)
     log(f"mesh: {describe(mesh)}; languages: {', '.join(f'{l.language} ({l.train.shape[0]} seqs)' for l in langs)}")
     trainer = build_trainer(cfg, mesh, vocab_size, specials)
@@ -147,6 +171,8 @@ def run(cfg: Config, run_dir: str | Path, *, max_steps: int | None = None, stop_
     else:
         state = trainer.init()
         start = 0
+    if is_main():  # only once the run is known to fit this folder: a refused resume keeps the old config.yaml
+        (run_dir / "config.yaml").write_text(dump_config(cfg), encoding="utf-8")
     n_params = num_params(state["params"])
     log(f"model: {n_params / 1e6:.2f}M parameters, vocabulary {vocab_size}, sequence {cfg.data.seq_len}")
 
@@ -211,7 +237,10 @@ def run(cfg: Config, run_dir: str | Path, *, max_steps: int | None = None, stop_
         with jax.transfer_guard("disallow"):  # any implicit host<->device copy in the loop is a bug
             for s in range(start + 1, total + 1):
                 local = sampler.batch(s - 1, jax.process_index(), jax.process_count())
-                batch = put_global_batch(_batch_arrays(local, cfg), mesh, tcfg.batch_size)
+                # An explicit host->device copy; with several processes JAX routes it through a path the
+                # "disallow" guard would reject, so it is allowed here and only here.
+                with jax.transfer_guard_host_to_device("allow"):
+                    batch = put_global_batch(_batch_arrays(local, cfg), mesh, tcfg.batch_size)
                 state, dev_metrics = trainer.step(state, batch)
                 flush()  # step s-1's metrics, read while step s runs
                 pending = (s, dev_metrics, time.perf_counter())

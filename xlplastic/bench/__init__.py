@@ -1,0 +1,1 @@
+"""Benchmarks: `xlplastic bench train` (throughput vs HF PyTorch) and `xlplastic bench memory` (FSDP state bytes)."""
