@@ -65,3 +65,23 @@ def test_shipped_configs_load(root):
         assert cfg.train.steps > 0
     base = load_config(root / "configs/roberta_base.yaml")
     assert (base.model.hidden_size, base.model.num_layers, base.model.num_heads, base.model.mlp_dim) == (768, 12, 12, 3072)
+
+
+def test_every_key_is_documented(root):
+    """docs/config.md names every schema key, so the reference cannot silently fall behind."""
+    from pydantic import BaseModel
+
+    from xlplastic.config import Config
+
+    doc = (root / "docs/config.md").read_text()
+
+    def keys(model):
+        for name, field in model.model_fields.items():
+            yield name
+            ann = field.annotation
+            for a in (ann, *getattr(ann, "__args__", ())):
+                if isinstance(a, type) and issubclass(a, BaseModel):
+                    yield from keys(a)
+
+    missing = sorted({k for k in keys(Config) if f"`{k}`" not in doc and f"`{k.split('.')[-1]}`" not in doc})
+    assert not missing, f"undocumented config keys: {missing}"

@@ -162,6 +162,8 @@ def test_no_recompilation_after_first_step(root, tmp_path):
             compiles.append(event)
 
     jax.monitoring.register_event_duration_secs_listener(listener)
+    cache_was = jax.config.jax_enable_compilation_cache
+    jax.config.update("jax_enable_compilation_cache", False)  # cache hits would hide compilations
     try:
         counts = {}
         for steps in (6, 18):
@@ -173,6 +175,7 @@ def test_no_recompilation_after_first_step(root, tmp_path):
             counts[steps] = len(compiles)
         assert counts[18] == counts[6], counts
     finally:
+        jax.config.update("jax_enable_compilation_cache", cache_was)
         jax.monitoring.unregister_event_duration_listener(listener)
     rows = [json.loads(l) for l in (tmp_path / "r18" / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows if "loss" in r] == list(range(1, 19))

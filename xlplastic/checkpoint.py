@@ -8,6 +8,8 @@ temporary folder and renames it when complete, so an interrupted save never look
 
 from __future__ import annotations
 
+import logging
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -81,12 +83,14 @@ class Checkpointer:
         """Restores onto the shardings of `abstract_state` (ShapeDtypeStructs with .sharding)."""
         where = self.directory / str(step)
         check_compatible(self.read_meta(step), expected_meta, str(where))
+        undo = _quiet_abandoned_reads()
         try:
             out = self.manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state)))
         except Exception as e:  # noqa: BLE001
             msg = str(e).splitlines()[0] if str(e) else type(e).__name__
             msg = msg.split(" See full TensorStore details")[0][:200]  # the rest is a repr of a bound method
             raise UserError(f"{where}: checkpoint is corrupt or incompatible ({msg}); expected a complete checkpoint of this model") from None
+        undo()  # a complete restore leaves nothing in flight; after a failed one the filter stays
         return out.state
 
     def wait(self) -> None:
@@ -95,6 +99,33 @@ class Checkpointer:
     def close(self) -> None:
         self.manager.wait_until_finished()
         self.manager.close()
+
+
+def _quiet_abandoned_reads():
+    """When one array of a restore fails, Orbax gives up while other TensorStore reads are in flight; as
+    they finish, their callbacks hit its closed event loop and print tracebacks ("Event loop is closed",
+    "Task exception was never retrieved") around the one-line error, during the restore and after it.
+    That noise, and only it, is dropped; returns a function that undoes this."""
+    prev = sys.unraisablehook
+
+    def hook(u):
+        if isinstance(u.exc_value, RuntimeError) and str(u.exc_value) == "Event loop is closed":
+            return
+        prev(u)
+
+    def no_orphan_task_errors(record: logging.LogRecord) -> bool:
+        return "exception was never retrieved" not in record.getMessage()
+
+    sys.unraisablehook = hook
+    asyncio_log = logging.getLogger("asyncio")
+    asyncio_log.addFilter(no_orphan_task_errors)
+
+    def undo() -> None:
+        if sys.unraisablehook is hook:
+            sys.unraisablehook = prev
+        asyncio_log.removeFilter(no_orphan_task_errors)
+
+    return undo
 
 
 def abstract_like(tree, shardings):

@@ -280,7 +280,10 @@ def run(
         from xlplastic.report import write_report
 
         write_report(run_dir, cfg, results, metrics_log.rows)
-    log(f"done: step {final_step}, loss {results['final']['loss']:.4f}, eval loss {results['final']['eval_loss']:.4f}; "
+    # (no loss when resuming a finished run whose metrics.jsonl is gone, or on a process other than 0 that
+    # read the file while process 0 rewrote it: formatting None must not crash a finished run)
+    fmt = lambda x: "n/a" if x is None else f"{x:.4f}"  # noqa: E731
+    log(f"done: step {final_step}, loss {fmt(results['final']['loss'])}, eval loss {fmt(results['final']['eval_loss'])}; "
         f"results in {run_dir / 'results.json'}, report in {run_dir / 'report.md'}")
     return RunResult(run_dir, final_step, results)
 

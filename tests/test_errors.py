@@ -1,0 +1,230 @@
+"""Bad input through the CLI: exit status 2, exactly one stderr line `xlplastic: error: ...` that names the
+key/file/step and what was expected, and no traceback. One test per kind of mistake."""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import shutil
+
+import jax
+import numpy as np
+import pytest
+
+from cli_helpers import (
+    QUIET,
+    TINY,
+    assert_one_line_error,
+    cached_run,
+    checkpoint_steps,
+    cli_env,
+    run_cli,
+    run_cmd,
+)
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory):
+    return cli_env(tmp_path_factory)
+
+
+def _write(path, text: str | bytes):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    (path.write_bytes if isinstance(text, bytes) else path.write_text)(text)
+    return path
+
+
+# ---------------------------------------------------------------------------------------------
+# config (these fail before JAX starts: well under a second each)
+
+
+@pytest.mark.parametrize(
+    "overrides, needles",
+    [
+        (["train.stpes=3"], ["unknown config key `train.stpes`", "did you mean `train.steps`?"]),
+        (["model.hidden_sise=32"], ["`model.hidden_sise`", "did you mean `model.hidden_size`?"]),
+        (["trian.steps=3"], ["unknown config key `trian`", "did you mean `train`?"]),
+        (["data.corpora=[{language: a, kindd: text}]"], ["`data.corpora.0.kindd`", "did you mean `data.corpora.0.kind`?"]),
+        (["train.steps=abc"], ["bad value for `train.steps`", "valid integer", "'abc'"]),
+        (["train.batch_size=8.5"], ["bad value for `train.batch_size`", "valid integer", "8.5"]),
+        (["train.optimizer.lr=fast"], ["bad value for `train.optimizer.lr`", "valid number", "'fast'"]),
+        (["model.norm=middle"], ["bad value for `model.norm`", "'post' or 'pre'", "'middle'"]),
+        (["train.steps"], ["--set 'train.steps'", "expected KEY=VALUE"]),
+    ],
+    ids=["unknown-key", "unknown-nested-key", "unknown-section", "unknown-key-in-list", "int-got-str",
+         "int-got-float", "float-got-str", "literal", "set-without-equals"],
+)
+def test_bad_override(tmp_path, env, overrides, needles):
+    args = [a for o in overrides for a in ("--set", o)]
+    done = run_cli(run_cmd(TINY, tmp_path / "run", *args), env)
+    assert_one_line_error(done, *needles)
+    assert not (tmp_path / "run").exists()  # nothing was started
+
+
+def test_unknown_key_in_file_names_the_file_and_suggests(tmp_path, env):
+    cfg = _write(tmp_path / "c.yaml", f"base: {TINY}\ntrain:\n  optimiser: {{lr: 1.0e-3}}\n")
+    line = assert_one_line_error(run_cli(run_cmd(cfg, tmp_path / "run"), env), str(cfg), "`train.optimiser`")
+    assert "did you mean `train.optimizer`?" in line
+
+
+def test_wrong_type_in_file(tmp_path, env):
+    cfg = _write(tmp_path / "c.yaml", f"base: {TINY}\ntrain:\n  batch_size: '8'\n")
+    assert_one_line_error(run_cli(run_cmd(cfg, tmp_path / "run"), env), str(cfg), "`train.batch_size`", "valid integer")
+
+
+def test_missing_config_file(tmp_path, env):
+    missing = tmp_path / "nope.yaml"
+    assert_one_line_error(run_cli(run_cmd(missing, tmp_path / "run"), env), "config file not found", str(missing))
+
+
+def test_malformed_yaml_names_file_and_line(tmp_path, env):
+    cfg = _write(tmp_path / "bad.yaml", "name: x\ntrain:\n  steps: [1, 2\n")
+    line = assert_one_line_error(run_cli(run_cmd(cfg, tmp_path / "run"), env), "malformed YAML")
+    assert re.search(re.escape(str(cfg)) + r":\d+:", line), line
+
+
+def test_yaml_that_is_not_a_mapping(tmp_path, env):
+    cfg = _write(tmp_path / "list.yaml", "- a\n- b\n")
+    assert_one_line_error(run_cli(run_cmd(cfg, tmp_path / "run"), env), str(cfg), "expected a mapping")
+
+
+# ---------------------------------------------------------------------------------------------
+# data and mesh (fail after JAX starts, before compiling)
+
+
+def _text_config(tmp_path, corpus_file: str):
+    return _write(
+        tmp_path / "text.yaml",
+        f"base: {TINY}\ndata:\n  data_dir: {tmp_path}\n  corpora:\n    - {{language: xx, kind: text, path: {corpus_file}}}\n",
+    )
+
+
+def test_missing_corpus(tmp_path, env):
+    cfg = _text_config(tmp_path, "absent.txt")
+    assert_one_line_error(run_cli(run_cmd(cfg, tmp_path / "run"), env), str(tmp_path / "absent.txt"), "no such file")
+
+
+@pytest.mark.parametrize("content", [b"", b"\n   \n\t\n"], ids=["empty", "blank-lines"])
+def test_empty_corpus(tmp_path, env, content):
+    _write(tmp_path / "empty.txt", content)
+    cfg = _text_config(tmp_path, "empty.txt")
+    assert_one_line_error(run_cli(run_cmd(cfg, tmp_path / "run"), env), "corpus `xx`", "empty.txt", "no non-empty text")
+
+
+def test_non_utf8_corpus_names_file_line_and_byte(tmp_path, env):
+    _write(tmp_path / "latin1.txt", "the first line is fine\n".encode() + "caf\u00e9 au lait\n".encode("latin-1"))
+    cfg = _text_config(tmp_path, "latin1.txt")
+    line = assert_one_line_error(run_cli(run_cmd(cfg, tmp_path / "run"), env), f"{tmp_path / 'latin1.txt'}:2:", "not UTF-8")
+    assert "0xe9" in line and "expected UTF-8" in line
+
+
+def test_batch_not_divisible_by_data_times_fsdp(tmp_path, env):
+    env8 = {**env, "XLA_FLAGS": "--xla_force_host_platform_device_count=8"}
+    args = ["--set", "train.batch_size=6", "--set", "mesh.data=2", "--set", "mesh.fsdp=2", "--set", "mesh.tensor=2"]
+    assert_one_line_error(
+        run_cli(run_cmd(TINY, tmp_path / "run", *args), env8),
+        "train.batch_size 6",
+        "data*fsdp = 4",
+        "expected a multiple of 4",
+    )
+    assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+# ---------------------------------------------------------------------------------------------
+# checkpoints: resume a finished tiny run (shared with test_distributed) with a changed or damaged folder
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, env):
+    d = cached_run(tmp_path_factory, "tiny-30", QUIET, env)
+    assert checkpoint_steps(d)[-1] == 30
+    return d
+
+
+@pytest.fixture
+def run_copy(tmp_path, trained):
+    d = tmp_path / "run"
+    shutil.copytree(trained, d)
+    return d
+
+
+def test_resume_with_other_model_shape(run_copy, env):
+    before = (run_copy / "config.yaml").read_text()
+    done = run_cli(run_cmd(TINY, run_copy, *QUIET, "--set", "model.hidden_size=32"), env)
+    assert_one_line_error(done, str(run_copy / "checkpoints" / "30"), "model.hidden_size=64", "asks for 32")
+    # a refused resume leaves the folder describing what it holds
+    assert (run_copy / "config.yaml").read_text() == before
+    assert checkpoint_steps(run_copy) == [20, 30]
+
+
+def test_resume_with_other_model_vocabulary(run_copy, env):
+    done = run_cli(run_cmd(TINY, run_copy, *QUIET, "--set", "model.vocab_size=512"), env)
+    assert_one_line_error(done, str(run_copy / "checkpoints" / "30"), "vocabulary size 400", "512")
+
+
+def test_resume_with_other_tokenizer_vocabulary(run_copy, env):
+    # Without a check the run would silently keep using its old 400-token tokenizer.json.
+    done = run_cli(run_cmd(TINY, run_copy, *QUIET, "--set", "data.tokenizer.vocab_size=300"), env)
+    assert_one_line_error(done, str(run_copy / "tokenizer.json"), "data.tokenizer.vocab_size=400", "asks for 300")
+
+
+def test_resume_with_a_different_tokenizer_file(tmp_path, run_copy, env, trained):
+    """A tokenizer of the same size but other merges: caught by the checkpoint's tokenizer fingerprint."""
+    other = json.loads((trained / "tokenizer.json").read_text())
+    merges = other["model"]["merges"]
+    merges[0], merges[1] = merges[1], merges[0]
+    _write(tmp_path / "other" / "tokenizer.json", json.dumps(other))
+    done = run_cli(
+        run_cmd(TINY, run_copy, *QUIET, "--set", f"data.tokenizer.path={tmp_path / 'other' / 'tokenizer.json'}"), env
+    )
+    assert_one_line_error(done, str(run_copy / "checkpoints" / "30"), "different tokenizer")
+
+
+def test_corrupt_checkpoint_arrays(run_copy, env):
+    data = [p for p in (run_copy / "checkpoints" / "30" / "state").rglob("*") if p.is_file() and p.parent.name == "d"]
+    assert data
+    for p in data:
+        p.write_bytes(p.read_bytes()[:10])  # truncated, as by a full disk
+    done = run_cli(run_cmd(TINY, run_copy, *QUIET), env)
+    line = assert_one_line_error(done, str(run_copy / "checkpoints" / "30"), "corrupt", "expected a complete checkpoint")
+    assert "bound method" not in line
+
+
+def test_garbled_checkpoint_metadata(run_copy, env):
+    (run_copy / "checkpoints" / "30" / "meta" / "metadata").write_bytes(b"\x00garbage{")
+    done = run_cli(run_cmd(TINY, run_copy, *QUIET), env)
+    assert_one_line_error(done, str(run_copy / "checkpoints" / "30"), "metadata is unreadable")
+
+
+# ---------------------------------------------------------------------------------------------
+# NaN
+
+
+def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, env):
+    """lr=1e6 makes the tiny run blow up within a few steps; a checkpoint every step means every step
+    that is still good has one, so the bug of saving a step whose update already produced NaN shows."""
+    d = tmp_path / "run"
+    args = [*QUIET, "--set", "train.optimizer.lr=1.0e6", "--set", "checkpoint.every=1", "--set", "checkpoint.keep=100"]
+    done = run_cli(run_cmd(TINY, d, *args), env)
+    line = assert_one_line_error(done, "training diverged", "train.optimizer.lr")
+    m = re.search(r"at step (\d+); stopped, the last good checkpoint is step (\d+)", line)
+    assert m, line
+    bad, good = int(m.group(1)), int(m.group(2))
+    assert 1 < bad < 30
+    steps = checkpoint_steps(d)
+    assert steps and steps[-1] == good == bad - 1 and all(s < bad for s in steps)
+    assert not list((d / "checkpoints").glob("*tmp*"))
+    assert not (d / "results.json").exists()
+    # the last good checkpoint restores, with finite parameters and optimizer state
+    import orbax.checkpoint as ocp
+
+    mgr = ocp.CheckpointManager(d / "checkpoints", item_names=("state", "meta"))
+    state = mgr.restore(good, args=ocp.args.Composite(state=ocp.args.StandardRestore())).state
+    mgr.close()
+    leaves = [np.asarray(x) for x in jax.tree.leaves(state)]
+    assert int(state["step"]) == good
+    assert all(np.isfinite(x).all() for x in leaves if x.dtype.kind == "f")
+    # and everything logged is finite (the diverged step is reported, not logged)
+    for r in (json.loads(l) for l in (d / "metrics.jsonl").read_text().splitlines()):
+        assert all(math.isfinite(v) for v in r.values() if isinstance(v, float)), r
