@@ -74,3 +74,49 @@ def test_two_processes_agree_with_one_and_checkpoint_together(tmp_path_factory, 
     assert [r["step"] for r in rows] == list(range(1, STEPS + 1))
     assert [r["loss"] for r in rows] == two  # same two-process program from the same state: bitwise
     assert checkpoint_steps(d) == [20, 30]
+
+
+def test_sigterm_to_one_process_stops_both_at_the_same_step(tmp_path_factory, tmp_path):
+    """A preemption notice reaching one host only: JAX's preemption sync point makes every process stop
+    and save at the same step (otherwise the collective save would deadlock), and the rerun resumes."""
+    import signal
+
+    from cli_helpers import wait_until
+
+    env = cli_env(tmp_path_factory)
+    args = (*QUIET, "--set", "train.steps=200", "--set", "checkpoint.every=0")
+    ref = [r["loss"] for r in train_rows(cached_run(tmp_path_factory, "tiny-200", args, env))]
+    d = tmp_path / "run"
+
+    def launch(name):
+        port = free_port()
+        return [
+            Background(run_cmd(TINY, d, *args, "--coordinator", f"localhost:{port}", "--num-processes", "2",
+                               "--process-id", str(i)), env, tmp_path / "logs", f"{name}{i}")
+            for i in range(2)
+        ]
+
+    procs = launch("p")
+    try:
+        wait_until(lambda: len(train_rows(d)) >= 5, procs[0].proc, 180, "step 5")
+        procs[1].proc.send_signal(signal.SIGTERM)  # process 1 only
+        outs = [p.wait(timeout=120) for p in procs]
+    finally:
+        for p in procs:
+            p.kill()
+    assert [o.returncode for o in outs] == [143, 143], [o.stderr[-2000:] for o in outs]
+    stopped = checkpoint_steps(d)
+    assert len(stopped) == 1 and 5 <= stopped[0] < 200, stopped
+    assert "stopped at step" in outs[0].stdout
+
+    procs = launch("r")
+    try:
+        outs = [p.wait(timeout=180) for p in procs]
+    finally:
+        for p in procs:
+            p.kill()
+    assert all(o.returncode == 0 for o in outs), [o.stderr[-2000:] for o in outs]
+    assert f"(step {stopped[0]})" in outs[0].stdout
+    rows = train_rows(d)
+    assert [r["step"] for r in rows] == list(range(1, 201))
+    assert _rel_close([r["loss"] for r in rows], ref)

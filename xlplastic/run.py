@@ -189,7 +189,12 @@ def run(
     def on_signal(signum, _frame):
         stop["signal"] = signum
 
-    old_handlers = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
+    # One process: SIGTERM/SIGINT set a flag read after each step. Several processes must stop at the
+    # same step or their collective save deadlocks, so SIGTERM is left to JAX's preemption notifier, which
+    # tells every process and agrees on a step (`reached_preemption_sync_point`).
+    multi = jax.process_count() > 1
+    caught = (signal.SIGINT,) if multi else (signal.SIGTERM, signal.SIGINT)
+    old_handlers = {s: signal.signal(s, on_signal) for s in caught}
     last_ckpt = start if start else None
     pending: tuple[int, dict, float] | None = None  # (step, device metrics, dispatch time)
     t_prev = time.perf_counter()
@@ -245,6 +250,8 @@ def run(
                 flush()  # step s-1's metrics, read while step s runs
                 pending = (s, dev_metrics, time.perf_counter())
                 final_step = s
+                if multi and _preempted(s):
+                    stop["signal"] = signal.SIGTERM
                 every = cfg.checkpoint.every
                 want_eval = tcfg.eval_every and s % tcfg.eval_every == 0 and s != total
                 want_ckpt = (every and s % every == 0) or stop["signal"] is not None or s == stop_at
@@ -286,6 +293,16 @@ def run(
     log(f"done: step {final_step}, loss {fmt(results['final']['loss'])}, eval loss {fmt(results['final']['eval_loss'])}; "
         f"results in {run_dir / 'results.json'}, report in {run_dir / 'report.md'}")
     return RunResult(run_dir, final_step, results)
+
+
+def _preempted(step: int) -> bool:
+    """True on every process at the same step once any of them got SIGTERM (multi-process runs)."""
+    from jax.experimental import multihost_utils
+
+    try:
+        return multihost_utils.reached_preemption_sync_point(step)
+    except RuntimeError:  # preemption service disabled (jax_enable_preemption_service=False)
+        return False
 
 
 def _batch_arrays(local: dict[str, np.ndarray], cfg: Config) -> dict[str, np.ndarray]:
