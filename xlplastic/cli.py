@@ -44,11 +44,16 @@ def _cmd_run(args) -> int:
 
 
 def _cmd_bench(args) -> int:
+    rest = list(args.rest) + (["--json", args.json] if args.json else [])
     if args.what == "train":
         from xlplastic.bench import train_bench
 
-        return train_bench.main(args.rest + (["--json", args.json] if args.json else []))
-    raise UserError(f"unknown benchmark {args.what!r}; expected one of: train")
+        return train_bench.main(rest)
+    if args.what == "memory":
+        from xlplastic.bench import memory_bench
+
+        return memory_bench.main(rest)
+    raise UserError(f"unknown benchmark {args.what!r}; expected one of: train, memory")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -63,18 +68,25 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--distributed", action="store_true", help="jax.distributed.initialize() with cluster auto-detection (TPU pod, SLURM)")
     r.add_argument("--process-id", type=int)
     r.set_defaults(fn=_cmd_run)
-    b = sub.add_parser("bench", help="benchmarks against a named peer")
-    b.add_argument("what", choices=["train"])
+    b = sub.add_parser(
+        "bench",
+        help="benchmarks: `train` (tokens/s vs HF PyTorch), `memory` (FSDP per-device state bytes)",
+        description="Options other than --json go to the benchmark, e.g. `xlplastic bench train --json out.json "
+        "--layers 2`; see `xlplastic bench train -- --help`.",
+    )
+    b.add_argument("what", choices=["train", "memory"])
     b.add_argument("--json", help="write the figures to this JSON file")
-    b.add_argument("rest", nargs=argparse.REMAINDER, help="benchmark options (see `xlplastic bench train -- --help`)")
     b.set_defaults(fn=_cmd_bench)
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    if getattr(args, "rest", None) and args.rest[:1] == ["--"]:
-        args.rest = args.rest[1:]
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if args.command == "bench":
+        args.rest = [a for a in extra if a != "--"]  # benchmark options pass through
+    elif extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
     try:
         return int(args.fn(args) or 0)
     except UserError as e:

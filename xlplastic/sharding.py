@@ -71,10 +71,50 @@ def logical_to_spec(axes: Sequence[str | None], rules: dict[str, list[str]], sha
     return P(*out)
 
 
-def tree_shardings(abstract_tree, axes_tree, mesh: Mesh, rules: dict[str, list[str]]):
-    """NamedShardings for a pytree of arrays given a matching pytree of logical axis tuples."""
+def fsdp_fallback(spec: P, shape, mesh: Mesh, axis: str = "fsdp") -> P:
+    """Adds the fsdp axis to a parameter whose rules left it whole along fsdp (biases over `mlp`/`heads`/
+    `vocab`, the head's `hidden` vector, ...): it splits the largest dimension that still divides evenly.
+
+    Without this, every such leaf (and its Adam moments) is a full copy on each fsdp device, so per-device
+    state exceeds 1/fsdp of the total by their size: small for wide models, several percent for narrow ones.
+    """
+    size = mesh.shape.get(axis, 1)
+    entries = list(spec) + [None] * (len(shape) - len(spec))
+    used = {a for e in entries for a in ((e,) if isinstance(e, str) else (e or ()))}
+    if size <= 1 or axis in used or not shape:
+        return spec
+    best = None
+    for i, dim in enumerate(shape):
+        e = entries[i]
+        current = tuple((e,) if isinstance(e, str) else (e or ()))
+        shards = math.prod(mesh.shape[a] for a in current)
+        if dim % (shards * size) == 0 and (best is None or dim > shape[best]):
+            best = i
+    if best is None:
+        return spec
+    e = entries[best]
+    current = tuple((e,) if isinstance(e, str) else (e or ()))
+    new = current + (axis,)
+    entries[best] = new if len(new) > 1 else new[0]
+    return P(*entries)
+
+
+def tree_shardings(abstract_tree, axes_tree, mesh: Mesh, rules: dict[str, list[str]], *, fsdp_all: bool = True):
+    """NamedShardings for a pytree of arrays given a matching pytree of logical axis tuples.
+
+    With `fsdp_all` (parameters), a leaf the rules do not split along `fsdp` is split along its largest
+    evenly dividing dimension (`fsdp_fallback`), so each fsdp device holds 1/fsdp of every parameter that can
+    be divided at all.
+    """
+
+    def one(x, axes):
+        spec = logical_to_spec(axes, rules, x.shape, mesh)
+        if fsdp_all:
+            spec = fsdp_fallback(spec, x.shape, mesh)
+        return NamedSharding(mesh, spec)
+
     return jax.tree.map(
-        lambda x, axes: NamedSharding(mesh, logical_to_spec(axes, rules, x.shape, mesh)),
+        one,
         abstract_tree,
         axes_tree,
         is_leaf=lambda a: isinstance(a, tuple) and all(isinstance(s, (str, type(None))) for s in a),

@@ -5,7 +5,9 @@ hidden states and attention probabilities, exact-erf GELU, tied output embedding
 the same hyper-parameters (decay on matrices only, constant learning rate) on the same random token
 batches with 15% of tokens predicted (80% <mask> / 10% random / 10% kept). Each side is warmed up first
 (compilation excluded), then timed in `--rounds` interleaved windows of `--steps` steps each (JAX:
-`block_until_ready` only at the end of each window); the reported step time is the median window's.
+`block_until_ready` only at the end of each window); the reported step time is the median window's,
+and the best window is reported too (on a shared machine, contention from other processes inflates the
+slower windows; "cores busy" = process CPU seconds / wall seconds per window shows it).
 
 Model FLOPs per token (training = forward + backward = 3 x forward, multiply-add = 2 FLOPs), counted the
 same way for both sides so that MFU is comparable:
@@ -69,6 +71,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--attention-impl", choices=["xla", "cudnn"], default=None)
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: the cores JAX uses)")
     p.add_argument("--peak-tflops", type=float, default=None, help="peak for MFU (default: measured matmul peak)")
+    p.add_argument("--peak-size", type=int, default=2048, help="matmul size for the measured peak")
     p.add_argument("--skip-torch", action="store_true", help="xlplastic only")
     p.add_argument("--extra-bf16", action="store_true", help="also time xlplastic with bfloat16 compute (extra row)")
     p.add_argument("--seed", type=int, default=0)
@@ -203,7 +206,7 @@ class XlplasticSide:
                 dtype=dtype,
                 attention_impl=args.attention_impl,
             ),
-            mesh=MeshConfig(data=-1),
+            mesh=MeshConfig(data=1),  # one device: on CPU it is all the cores (XLA's thread pool)
             data=DataConfig(seq_len=args.seq),
             train=TrainConfig(
                 steps=args.warmup + args.rounds * args.steps,
@@ -214,13 +217,14 @@ class XlplasticSide:
             ),
         )
         self.cfg = cfg
-        self.mesh = make_mesh(cfg.mesh)
+        self.mesh = make_mesh(cfg.mesh, jax.devices()[:1])
         self.trainer = build_trainer(cfg, self.mesh, args.vocab, Specials(pad=PAD, mask=MASK, all_ids=SPECIAL_IDS))
         self.sharding = {"tokens": batch_sharding(self.mesh, 2)}
         self.batches = batches
         self.state = self.trainer.init()
         t = time.perf_counter()
         compiled = self.trainer.step.lower(self.state, self._put(batches[0])).compile()
+        self.step_fn = compiled  # the jitted step's executable, compiled once
         self.compile_s = time.perf_counter() - t
         m = compiled.memory_analysis()
         self.memory = None
@@ -249,7 +253,7 @@ class XlplasticSide:
         t = time.perf_counter()
         metrics = None
         for _ in range(n):
-            self.state, metrics = self.trainer.step(self.state, self._put(self.batches[self.i % len(self.batches)]))
+            self.state, metrics = self.step_fn(self.state, self._put(self.batches[self.i % len(self.batches)]))
             self.i += 1
         self.jax.block_until_ready((self.state, metrics))
         dt = time.perf_counter() - t
@@ -396,9 +400,10 @@ def main(argv: list[str] | None = None) -> int:
     with_torch = not args.skip_torch
     tokens_per_step = args.batch * args.seq
 
-    peak = measure_peak_flops(threads, with_torch)
     if args.peak_tflops:
         peak = {"peak_flops": args.peak_tflops * 1e12, "source": "given with --peak-tflops"}
+    else:
+        peak = measure_peak_flops(threads, with_torch, n=args.peak_size)
     peak_flops = peak["peak_flops"]
 
     n_batches = 8
@@ -416,10 +421,20 @@ def main(argv: list[str] | None = None) -> int:
     if torch_side is not None:
         sides.append(("pytorch", torch_side))
 
+    import resource
+
+    def cpu_s() -> float:
+        r = resource.getrusage(resource.RUSAGE_SELF)
+        return r.ru_utime + r.ru_stime
+
     times: dict[str, list[float]] = {name: [] for name, _ in sides}
+    utils: dict[str, list[float]] = {name: [] for name, _ in sides}
     for _ in range(args.rounds):
         for name, side in sides:
-            times[name].append(side.run(args.steps) / args.steps)
+            c = cpu_s()
+            wall = side.run(args.steps)
+            times[name].append(wall / args.steps)
+            utils[name].append((cpu_s() - c) / wall)
 
     P = math.ceil(args.seq * 0.15)
     model_fpt = flops_per_token(args.layers, args.hidden, args.ffn, args.vocab, args.seq, 0.15)
@@ -438,7 +453,10 @@ def main(argv: list[str] | None = None) -> int:
             "side": name,
             "tokens_per_s": tps,
             "step_time_s": step,
+            "best_step_time_s": min(times[name]),
+            "best_tokens_per_s": tokens_per_step / min(times[name]),
             "step_times_s": times[name],
+            "cpu_utilization": utils[name],
             "mfu": tps * model_fpt["total"] / peak_flops,
             "executed_flops_per_token": exec_fpt["pytorch" if name == "pytorch" else "xlplastic"],
             "peak_memory_bytes": mem.get("peak_bytes"),
@@ -447,11 +465,16 @@ def main(argv: list[str] | None = None) -> int:
         rows.append(row)
         result[f"{key}_tokens_per_s"] = tps
         result[f"{key}_step_time_s"] = step
+        result[f"{key}_best_tokens_per_s"] = row["best_tokens_per_s"]
+        result[f"{key}_cpu_utilization"] = statistics.median(utils[name])
         result[f"{key}_mfu"] = row["mfu"]
         result[f"{key}_peak_memory_bytes"] = mem.get("peak_bytes")
     result.setdefault("pytorch_tokens_per_s", None)
     ratio = result["xlplastic_tokens_per_s"] / result["pytorch_tokens_per_s"] if with_torch else None
     result["ratio"] = ratio
+    result["ratio_best"] = (
+        result["xlplastic_best_tokens_per_s"] / result["pytorch_best_tokens_per_s"] if with_torch else None
+    )
     if "xlplastic_bf16_tokens_per_s" in result and with_torch:
         result["ratio_bf16"] = result["xlplastic_bf16_tokens_per_s"] / result["pytorch_tokens_per_s"]
 
@@ -518,6 +541,8 @@ def main(argv: list[str] | None = None) -> int:
             "side": r["side"],
             "tps": f"{r['tokens_per_s']:,.0f}",
             "step": f"{r['step_time_s'] * 1e3:.1f}",
+            "best": f"{r['best_step_time_s'] * 1e3:.1f}",
+            "util": f"{statistics.median(r['cpu_utilization']):.2f}",
             "mfu": f"{100 * r['mfu']:.1f}%",
             "exec": _fmt(r["executed_flops_per_token"]),
             "mem": _fmt(r["peak_memory_bytes"], "B") if r["peak_memory_bytes"] is not None else "-",
@@ -528,11 +553,11 @@ def main(argv: list[str] | None = None) -> int:
     print(
         _table(
             table_rows,
-            [("side", "side"), ("tps", "tokens/s"), ("step", "step ms"), ("mfu", "MFU"), ("exec", "exec FLOPs/tok"), ("mem", "peak mem"), ("loss", "last loss")],
+            [("side", "side"), ("tps", "tokens/s"), ("step", "step ms"), ("best", "best ms"), ("util", "cores busy"), ("mfu", "MFU"), ("exec", "exec FLOPs/tok"), ("mem", "peak mem"), ("loss", "last loss")],
         )
     )
     if ratio is not None:
-        print(f"ratio xlplastic / pytorch tokens/s: {ratio:.2f}x")
+        print(f"ratio xlplastic / pytorch tokens/s: {ratio:.2f}x (median windows), {result['ratio_best']:.2f}x (best windows)")
     if "ratio_bf16" in result:
         print(f"ratio xlplastic-bf16 / pytorch tokens/s: {result['ratio_bf16']:.2f}x")
     if args.json:
