@@ -4,7 +4,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from xlplastic.masking import mask_tokens, max_predictions
+from xlplastic.masking import mask_tokens as _mask_tokens, max_predictions
+
+# jitted: one compilation per shape instead of one per eager op
+mask_tokens = jax.jit(_mask_tokens, static_argnames=("special_ids", "mask_id", "vocab_size"))
 
 SPECIALS = (0, 1, 2, 3, 4)  # <s> <pad> </s> <unk> <mask>
 PAD, MASK, V = 1, 4, 1000

@@ -6,6 +6,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from flax import nnx
 
 from xlplastic import model as model_lib
 from xlplastic.config import load_config, validate
@@ -75,15 +76,18 @@ def test_forward_matches_hf_roberta():
     m = model_lib.create(cfg, V, seed=0)
     graphdef, params = model_lib.split(m)
     params = _hf_to_params(hf.state_dict(), cfg, params)
-    model = model_lib.merge(graphdef, jax.eval_shape(lambda: __import__("flax").nnx.split(m, __import__("flax").nnx.Param)[1]), params)
+    abstract = nnx.split(m, nnx.Param)[1]
+
+    @jax.jit  # one compilation instead of one per eager op
+    def all_logits(params, tok):
+        model = model_lib.merge(graphdef, abstract, params)
+        h = model.encode(tok, jnp.full(tok.shape[:1], tok.shape[1]))
+        return model.mlm_logits(h)
 
     rng = np.random.default_rng(0)
     tok = rng.integers(5, V, (B, T))
     tok[:, 0], tok[:, -1] = 0, 2
-    lengths = np.full(B, T)
-    h = model.encode(jnp.asarray(tok), jnp.asarray(lengths))
-    pos = np.tile(np.arange(T), (B, 1))
-    logits = model.mlm_logits(jnp.take_along_axis(h, jnp.asarray(pos)[..., None], axis=1))
+    logits = all_logits(params, jnp.asarray(tok))
     with torch.no_grad():
         ref = hf(torch.tensor(tok)).logits.numpy()
     np.testing.assert_allclose(np.asarray(logits), ref, rtol=2e-4, atol=2e-4)
@@ -92,10 +96,13 @@ def test_forward_matches_hf_roberta():
 def test_padding_does_not_change_real_tokens():
     cfg = validate({"model": {"preset": "tiny", "dropout": 0.0, "attention_dropout": 0.0, "max_positions": 32}}).model
     m = model_lib.create(cfg, 50, seed=1)
+    graphdef, params = model_lib.split(m)
+    abstract = nnx.split(m, nnx.Param)[1]
+    encode = jax.jit(lambda p, t, n: model_lib.merge(graphdef, abstract, p).encode(t, n))
     tok = jnp.asarray(np.random.default_rng(1).integers(5, 50, (1, 16)))
     padded = jnp.concatenate([tok, jnp.ones((1, 8), tok.dtype)], axis=1)
-    a = m.encode(tok, jnp.array([16]))
-    b = m.encode(padded, jnp.array([16]))[:, :16]
+    a = encode(params, tok, jnp.array([16]))
+    b = encode(params, padded, jnp.array([16]))[:, :16]
     np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-5)
 
 
