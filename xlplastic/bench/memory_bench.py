@@ -26,27 +26,19 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from xlplastic.bench.common import add_model_args
+from xlplastic.groups import path_str
+
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="xlplastic bench memory", description=__doc__.split("\n\n")[0])
-    p.add_argument("--layers", type=int, default=4)
-    p.add_argument("--hidden", type=int, default=256)
-    p.add_argument("--heads", type=int, default=4)
-    p.add_argument("--ffn", type=int, default=None, help="FFN width (default 4 x hidden)")
-    p.add_argument("--vocab", type=int, default=8000)
-    p.add_argument("--seq", type=int, default=128)
-    p.add_argument("--max-positions", type=int, default=514)
-    p.add_argument("--batch", type=int, default=16, help="global batch (a multiple of --devices)")
+    add_model_args(p, batch_help="global batch (a multiple of --devices)")
     p.add_argument("--devices", type=int, default=8, help="FSDP devices to compare against one")
     p.add_argument("--tolerance", type=float, default=0.05, help="allowed excess over 1/N")
     p.add_argument("--no-force-devices", action="store_true", help="use the real devices (no XLA_FLAGS host count)")
     p.add_argument("--json", help="write the figures to this JSON file")
     p.add_argument("--child", type=int, default=None, help=argparse.SUPPRESS)
     return p
-
-
-def _leaf_name(path) -> str:
-    return "/".join(str(getattr(k, "key", getattr(k, "idx", k))) for k in path)
 
 
 def measure(args, n: int) -> dict[str, Any]:
@@ -102,10 +94,10 @@ def measure(args, n: int) -> dict[str, Any]:
         for shard in x.addressable_shards:
             key = str(shard.device.id)
             per_device[key] = per_device.get(key, 0) + shard.data.nbytes
-            if _leaf_name(path).startswith("params"):
+            if path_str(path).startswith("params"):
                 params_per_device[key] = params_per_device.get(key, 0) + shard.data.nbytes
         if n > 1 and x.ndim > 0 and x.addressable_shards[0].data.nbytes == x.nbytes:
-            replicated.append((_leaf_name(path), tuple(x.shape), int(x.nbytes)))
+            replicated.append((path_str(path), tuple(x.shape), int(x.nbytes)))
     out["state_bytes_total"] = int(total)
     out["array_state_bytes_per_device"] = max(per_device.values())
     out["array_param_bytes_per_device"] = max(params_per_device.values())

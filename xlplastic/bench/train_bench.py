@@ -49,20 +49,15 @@ from typing import Any
 
 import numpy as np
 
+from xlplastic.bench.common import add_model_args
+
 SPECIAL_IDS = (0, 1, 2, 3, 4)  # RoBERTa convention: <s>=0 <pad>=1 </s>=2 <unk>=3 <mask>=4
 BOS, PAD, EOS, MASK = 0, 1, 2, 4
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="xlplastic bench train", description=__doc__.split("\n\n")[0])
-    p.add_argument("--layers", type=int, default=4)
-    p.add_argument("--hidden", type=int, default=256)
-    p.add_argument("--heads", type=int, default=4)
-    p.add_argument("--ffn", type=int, default=None, help="FFN width (default 4 x hidden)")
-    p.add_argument("--vocab", type=int, default=8000)
-    p.add_argument("--seq", type=int, default=128)
-    p.add_argument("--max-positions", type=int, default=514)
-    p.add_argument("--batch", type=int, default=16)
+    add_model_args(p)
     p.add_argument("--steps", type=int, default=20, help="timed steps per round")
     p.add_argument("--rounds", type=int, default=3, help="interleaved timed windows per side (median reported)")
     p.add_argument("--warmup", type=int, default=3, help="untimed steps after compilation")

@@ -1,0 +1,16 @@
+"""Options shared by the benchmarks: the model shape both sides are built with."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def add_model_args(p: argparse.ArgumentParser, batch_help: str | None = None) -> None:
+    p.add_argument("--layers", type=int, default=4)
+    p.add_argument("--hidden", type=int, default=256)
+    p.add_argument("--heads", type=int, default=4)
+    p.add_argument("--ffn", type=int, default=None, help="FFN width (default 4 x hidden)")
+    p.add_argument("--vocab", type=int, default=8000)
+    p.add_argument("--seq", type=int, default=128)
+    p.add_argument("--max-positions", type=int, default=514)
+    p.add_argument("--batch", type=int, default=16, help=batch_help)
