@@ -81,9 +81,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from xlplastic.runtime import tune_cpu_runtime
-
-    tune_cpu_runtime()  # before JAX starts: XLA reads its flags once
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
     if args.command == "bench":
