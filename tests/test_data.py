@@ -302,3 +302,21 @@ def test_eval_batches_are_fixed():
     again = StepSampler(s.langs, 4, seed=9, alpha=1.0).eval_batches(2, 10)
     for a, b in zip(ev, again):
         np.testing.assert_array_equal(a["tokens"], b["tokens"])
+
+
+def test_streamed_packing_equals_whole_packing():
+    """RowPacker flushing every few tokens gives exactly pack_documents' rows (bounded memory, same data)."""
+    from xlplastic.data.pipeline import RowPacker
+
+    rng = np.random.default_rng(0)
+    for trial in range(30):
+        docs = [rng.integers(5, 50, rng.integers(0, 12)).tolist() for _ in range(rng.integers(0, 15))]
+        seq_len = int(rng.integers(3, 9))
+        whole = pack_documents(docs, seq_len, 0, 2, 1)
+        rows = []
+        packer = RowPacker(seq_len, 0, 2, 1, rows.append, flush_tokens=int(rng.integers(1, 7)))
+        for d in docs:
+            packer.add(d)
+        assert packer.finish() == len(whole)
+        streamed = np.concatenate(rows) if rows else np.zeros((0, seq_len), np.int32)
+        np.testing.assert_array_equal(streamed, whole, err_msg=f"trial {trial}")

@@ -12,7 +12,7 @@ import json
 import logging
 import os
 from collections import OrderedDict
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,7 +26,7 @@ from xlplastic.errors import UserError
 
 log = logging.getLogger(__name__)
 
-_CACHE_VERSION = 1  # bump when the packing or cache layout changes
+_CACHE_VERSION = 2  # bump when the packing or cache layout changes
 _ENCODE_BATCH = 1024  # documents per `encode_batch` call
 
 
@@ -42,74 +42,106 @@ class PackedLanguage:
 # Packing
 
 
-def pack_documents(token_lists: Iterable[Sequence[int]], seq_len: int, bos: int, eos: int, pad: int) -> np.ndarray:
-    """RoBERTa "full-sentences" packing.
+class RowPacker:
+    """RoBERTa "full-sentences" packing, streamed: memory is bounded by `flush_tokens`, not the corpus.
 
     Documents are concatenated, each followed by `eos` as a separator; the stream is cut into chunks
     of seq_len-2, and each chunk becomes `bos chunk eos`; the last one is right-padded with `pad`.
-    A final chunk holding only the last separator is dropped (it carries no text).
+    A final chunk holding only the last separator is dropped (it carries no text). Finished rows go to
+    `sink` (e.g. appended to a cache file) as they are formed.
     """
-    if seq_len < 3:
-        raise UserError(f"data.seq_len is {seq_len}; expected at least 3 (bos, one token, eos)")
-    parts: list[np.ndarray] = []
-    sep = np.array([eos], dtype=np.int32)
-    for doc in token_lists:
+
+    def __init__(self, seq_len: int, bos: int, eos: int, pad: int, sink, flush_tokens: int = 1 << 20):
+        if seq_len < 3:
+            raise UserError(f"data.seq_len is {seq_len}; expected at least 3 (bos, one token, eos)")
+        self.seq_len, self.bos, self.eos, self.pad, self.sink = seq_len, bos, eos, pad, sink
+        self.body = seq_len - 2
+        self.flush_tokens = max(flush_tokens, self.body)
+        self._parts: list[np.ndarray] = []
+        self._pending = 0
+        self.rows = 0
+
+    def add(self, doc: Sequence[int]) -> None:
         if len(doc):
-            parts += [np.asarray(doc, dtype=np.int32), sep]
-    if not parts:
-        return np.zeros((0, seq_len), dtype=np.int32)
-    stream = np.concatenate(parts)
-    body = seq_len - 2
-    rows = -(-len(stream) // body)
-    if rows > 1 and len(stream) - (rows - 1) * body == 1:  # only the trailing separator is left
-        stream, rows = stream[:-1], rows - 1
-    out = np.full((rows, seq_len), pad, dtype=np.int32)
-    out[:, 0] = bos
-    full = len(stream) // body
-    out[:full, 1 : 1 + body] = stream[: full * body].reshape(full, body)
-    out[:full, -1] = eos
-    rest = len(stream) - full * body
-    if rest:
-        out[full, 1 : 1 + rest] = stream[full * body :]
-        out[full, 1 + rest] = eos
-    return out
+            self._parts += [np.asarray(doc, dtype=np.int32), np.array([self.eos], dtype=np.int32)]
+            self._pending += len(doc) + 1
+            if self._pending >= self.flush_tokens:
+                self._emit(final=False)
+
+    def finish(self) -> int:
+        """Emits the last (padded) row; returns the number of rows produced."""
+        self._emit(final=True)
+        return self.rows
+
+    def _emit(self, final: bool) -> None:
+        stream = np.concatenate(self._parts) if self._parts else np.zeros(0, np.int32)
+        body = self.body
+        full = len(stream) // body
+        rest = len(stream) - full * body
+        if final and rest == 1 and self.rows + full >= 1:  # only the trailing separator is left
+            rest = 0
+        n = full + (1 if final and rest else 0)
+        if n:
+            out = np.full((n, self.seq_len), self.pad, dtype=np.int32)
+            out[:, 0] = self.bos
+            out[:full, 1 : 1 + body] = stream[: full * body].reshape(full, body)
+            out[:full, -1] = self.eos
+            if final and rest:
+                out[full, 1 : 1 + rest] = stream[full * body : full * body + rest]
+                out[full, 1 + rest] = self.eos
+            self.sink(out)
+            self.rows += n
+        self._parts = [] if final else [stream[full * body :]]
+        self._pending = 0 if final else rest
+
+
+def pack_documents(token_lists: Iterable[Sequence[int]], seq_len: int, bos: int, eos: int, pad: int) -> np.ndarray:
+    """All of `RowPacker`'s rows as one array (int32 [N, seq_len])."""
+    rows: list[np.ndarray] = []
+    packer = RowPacker(seq_len, bos, eos, pad, rows.append)
+    for doc in token_lists:
+        packer.add(doc)
+    packer.finish()
+    return np.concatenate(rows) if rows else np.zeros((0, seq_len), dtype=np.int32)
 
 
 # ----------------------------------------------------------------------------------------------
 # Tokenize + cache
 
 
-def _tokenize(corpus: CorpusConfig, tok: Tokenizer, data_dir: str | None) -> tuple[list[np.ndarray], int]:
-    """Token ids per document, stopping once `max_tokens` content tokens are read (last doc cut)."""
+def _token_docs(corpus: CorpusConfig, tok: Tokenizer, data_dir: str | None, count: list[int]) -> Iterator[np.ndarray]:
+    """Token ids per document, stopping once `max_tokens` content tokens are read (last doc cut).
+
+    `count[0]` holds the content tokens yielded so far (read it after the generator is exhausted).
+    """
     budget = corpus.max_tokens
-    docs: list[np.ndarray] = []
-    total = 0
     batch: list[str] = []
 
-    def flush() -> bool:
-        nonlocal total
+    def encoded():
         for enc in tok.encode_batch_fast(batch, add_special_tokens=False):
-            ids = np.asarray(enc.ids, dtype=np.int32)
-            if budget is not None and total + len(ids) >= budget:
-                docs.append(ids[: budget - total])
-                total = budget
-                return True
-            docs.append(ids)
-            total += len(ids)
+            yield np.asarray(enc.ids, dtype=np.int32)
         batch.clear()
-        return False
 
-    for text in iter_texts(corpus, data_dir):
-        batch.append(text)
-        if len(batch) >= _ENCODE_BATCH and flush():
-            return docs, total
-    if batch and flush():
-        return docs, total
+    def texts():
+        for text in iter_texts(corpus, data_dir):
+            batch.append(text)
+            if len(batch) >= _ENCODE_BATCH:
+                yield from encoded()
+        if batch:
+            yield from encoded()
+
+    for ids in texts():
+        if budget is not None and count[0] + len(ids) >= budget:
+            ids = ids[: budget - count[0]]
+            count[0] += len(ids)
+            yield ids
+            return
+        count[0] += len(ids)
+        yield ids
     if budget is not None:
         log.warning(
-            "corpus %s has only %d tokens, fewer than max_tokens=%d; using all of it", corpus.language, total, budget
+            "corpus %s has only %d tokens, fewer than max_tokens=%d; using all of it", corpus.language, count[0], budget
         )
-    return docs, total
 
 
 def _cache_key(corpus: CorpusConfig, tok: Tokenizer, cfg: DataConfig) -> str:
@@ -128,42 +160,36 @@ def _cache_key(corpus: CorpusConfig, tok: Tokenizer, cfg: DataConfig) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:20]
 
 
-def _save_atomic(path: Path, array: np.ndarray) -> None:
-    tmp = path.with_name(f"{path.name}.tmp{os.getpid()}")
-    with open(tmp, "wb") as f:
-        np.save(f, array)
-    os.replace(tmp, path)
-
-
 def _build_one(corpus: CorpusConfig, tok: Tokenizer, cfg: DataConfig, cache_dir: Path) -> PackedLanguage:
     key = _cache_key(corpus, tok, cfg)
     stem = cache_dir / f"{corpus.language}-{key}"
-    train_p, eval_p, meta_p = (Path(f"{stem}.{s}") for s in ("train.npy", "eval.npy", "json"))
-    if not meta_p.is_file():  # meta is written last: its presence means the arrays are complete
-        docs, total = _tokenize(corpus, tok, cfg.data_dir)
+    rows_p, meta_p = Path(f"{stem}.rows.int32"), Path(f"{stem}.json")
+    if not meta_p.is_file():  # meta is written last: its presence means the rows are complete
+        cache_dir.mkdir(parents=True, exist_ok=True)
         sp = special_tokens(tok)
-        packed = pack_documents(docs, cfg.seq_len, sp.bos, sp.eos, sp.pad)
+        tmp = rows_p.with_name(f"{rows_p.name}.tmp{os.getpid()}")
+        count = [0]
+        with open(tmp, "wb") as f:  # rows stream to disk: memory stays bounded for any corpus size
+            packer = RowPacker(cfg.seq_len, sp.bos, sp.eos, sp.pad, lambda rows: f.write(rows.tobytes()))
+            for ids in _token_docs(corpus, tok, cfg.data_dir, count):
+                packer.add(ids)
+            n = packer.finish()
         need = cfg.eval_sequences + 1
-        if len(packed) < need:
+        if n < need:
+            tmp.unlink()
             raise UserError(
-                f"corpus `{corpus.language}` ({corpus.path or corpus.name or corpus.kind}) gives {len(packed)} "
+                f"corpus `{corpus.language}` ({corpus.path or corpus.name or corpus.kind}) gives {n} "
                 f"sequences of {cfg.seq_len} tokens; expected at least {need} (1 train + {cfg.eval_sequences} eval)"
             )
-        split = len(packed) - cfg.eval_sequences
-        cache_dir.mkdir(parents=True, exist_ok=True)
-        _save_atomic(train_p, packed[:split])
-        _save_atomic(eval_p, packed[split:])
-        meta = dict(language=corpus.language, num_tokens=total, train=split, eval=cfg.eval_sequences)
-        tmp = meta_p.with_name(f"{meta_p.name}.tmp{os.getpid()}")
-        tmp.write_text(json.dumps(meta))
-        os.replace(tmp, meta_p)
+        os.replace(tmp, rows_p)
+        meta = dict(language=corpus.language, num_tokens=count[0], rows=n, seq_len=cfg.seq_len, train=n - cfg.eval_sequences)
+        tmp_meta = meta_p.with_name(f"{meta_p.name}.tmp{os.getpid()}")
+        tmp_meta.write_text(json.dumps(meta))
+        os.replace(tmp_meta, meta_p)
     meta = json.loads(meta_p.read_text())
-    return PackedLanguage(
-        language=corpus.language,
-        train=np.load(train_p, mmap_mode="r"),
-        eval=np.load(eval_p, mmap_mode="r"),
-        num_tokens=int(meta["num_tokens"]),
-    )
+    rows = np.memmap(rows_p, dtype=np.int32, mode="r", shape=(int(meta["rows"]), int(meta["seq_len"])))
+    split = int(meta["train"])  # the last eval_sequences rows are held out
+    return PackedLanguage(language=corpus.language, train=rows[:split], eval=rows[split:], num_tokens=int(meta["num_tokens"]))
 
 
 def build_corpora(cfg: DataConfig, tokenizer: Tokenizer, cache_dir: Path) -> list[PackedLanguage]:
