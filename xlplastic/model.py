@@ -221,7 +221,7 @@ def create(cfg: ModelConfig, vocab_size: int, seed: int) -> Encoder:
 def split(model: Encoder) -> tuple[Any, dict]:
     """(graphdef, pure dict of parameters): the dict is what the train state, optax and Orbax see."""
     graphdef, state = nnx.split(model, nnx.Param)
-    return graphdef, state.to_pure_dict()
+    return graphdef, nnx.to_pure_dict(state)
 
 
 def merge(graphdef, abstract_state, params: dict) -> Encoder:

@@ -313,21 +313,11 @@ def _batch_arrays(local: dict[str, np.ndarray], cfg: Config) -> dict[str, np.nda
 
 
 def _eval_sets(sampler: StepSampler, cfg: Config) -> list[dict]:
-    """Fixed held-out batches; every process keeps its contiguous slice."""
-    n = jax.process_count()
-    bs = cfg.train.batch_size
-    sets = sampler.eval_batches(bs, cfg.train.eval_batches)
-    out = []
-    for b in sets:
-        rows = b["tokens"].shape[0]
-        if rows % n or (rows // n) == 0:
-            continue
-        k = rows // n
-        i = jax.process_index()
-        out.append({key: np.asarray(v)[i * k : (i + 1) * k] for key, v in _batch_arrays(b, cfg).items()})
-    if not out:
-        raise UserError("no held-out evaluation batch could be formed; expected data.eval_sequences >= train.batch_size")
-    return out
+    """Fixed held-out batches: this process's slice of each."""
+    sets = sampler.eval_batches(cfg.train.batch_size, cfg.train.eval_batches, jax.process_index(), jax.process_count())
+    if not sets:
+        raise UserError("no held-out evaluation batch could be formed; expected data.eval_sequences >= 1")
+    return [_batch_arrays(b, cfg) for b in sets]
 
 
 def _results(cfg, rows, eval_rows, step_times, n_params, tokens_per_step, wall, languages) -> dict:

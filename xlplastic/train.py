@@ -93,7 +93,7 @@ def build_trainer(cfg: Config, mesh: Mesh, vocab_size: int, specials: Specials) 
     rules = cfg.mesh.rules
     abstract_model = nnx.eval_shape(lambda: model_lib.create(mcfg, vocab_size, tcfg.seed))
     graphdef, abstract_state = nnx.split(abstract_model, nnx.Param)
-    abstract_params = abstract_state.to_pure_dict()
+    abstract_params = nnx.to_pure_dict(abstract_state)
     axes = model_lib.logical_axes(abstract_model)
     param_shardings = tree_shardings(abstract_params, axes, mesh, rules)
     labels = label_params(abstract_params)
@@ -110,7 +110,7 @@ def build_trainer(cfg: Config, mesh: Mesh, vocab_size: int, specials: Specials) 
 
     def init_state():
         m = model_lib.create(mcfg, vocab_size, tcfg.seed)
-        params = nnx.state(m, nnx.Param).to_pure_dict()
+        params = nnx.to_pure_dict(nnx.state(m, nnx.Param))
         params = jax.lax.with_sharding_constraint(params, param_shardings)
         return {"step": jnp.zeros((), jnp.int32), "params": params, "opt_state": tx.init(params)}
 
@@ -174,8 +174,8 @@ def build_trainer(cfg: Config, mesh: Mesh, vocab_size: int, specials: Specials) 
             metrics = {
                 "loss": loss_sum / denom,
                 "accuracy": correct / denom,
-                "grad_norm": optax.global_norm(grads),
-                "param_norm": optax.global_norm(params),
+                "grad_norm": optax.tree.norm(grads),
+                "param_norm": optax.tree.norm(params),
                 "predictions": n,
                 "lr": schedule(step),
             }
