@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 import optax
 from flax import nnx
-from jax.sharding import Mesh, NamedSharding
+from jax.sharding import Mesh
 
 from xlplastic import model as model_lib
 from xlplastic.config import Config

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import json
+from pathlib import Path
 
 
 def add_model_args(p: argparse.ArgumentParser, batch_help: str | None = None) -> None:
@@ -14,3 +16,13 @@ def add_model_args(p: argparse.ArgumentParser, batch_help: str | None = None) ->
     p.add_argument("--seq", type=int, default=128)
     p.add_argument("--max-positions", type=int, default=514)
     p.add_argument("--batch", type=int, default=16, help=batch_help)
+
+
+def write_json(path: str | None, result: dict) -> None:
+    """Writes the figures (when --json was given) and says where."""
+    if not path:
+        return
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"wrote {out}")

@@ -23,10 +23,9 @@ import os
 import re
 import subprocess
 import sys
-from pathlib import Path
 from typing import Any
 
-from xlplastic.bench.common import add_model_args
+from xlplastic.bench.common import add_model_args, write_json
 from xlplastic.groups import path_str
 
 
@@ -207,11 +206,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"leaves replicated on every device: {len(reps)} ({many['replicated_bytes']:,d} bytes)")
     for r in reps[:8]:
         print(f"  {r['leaf']} {tuple(r['shape'])} {r['bytes']:,d} B")
-    if args.json:
-        path = Path(args.json)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(result, indent=2) + "\n")
-        print(f"wrote {path}")
+    write_json(args.json, result)
     return 0
 
 

@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import argparse
 import datetime as _dt
-import json
 import math
 import os
 import platform
@@ -49,7 +48,7 @@ from typing import Any
 
 import numpy as np
 
-from xlplastic.bench.common import add_model_args
+from xlplastic.bench.common import add_model_args, write_json
 
 SPECIAL_IDS = (0, 1, 2, 3, 4)  # RoBERTa convention: <s>=0 <pad>=1 </s>=2 <unk>=3 <mask>=4
 BOS, PAD, EOS, MASK = 0, 1, 2, 4
@@ -555,11 +554,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"ratio xlplastic / pytorch tokens/s: {ratio:.2f}x (median windows), {result['ratio_best']:.2f}x (best windows)")
     if "ratio_bf16" in result:
         print(f"ratio xlplastic-bf16 / pytorch tokens/s: {result['ratio_bf16']:.2f}x")
-    if args.json:
-        path = Path(args.json)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(result, indent=2) + "\n")
-        print(f"wrote {path}")
+    write_json(args.json, result)
     return 0
 
 
