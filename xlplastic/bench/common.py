@@ -26,3 +26,18 @@ def write_json(path: str | None, result: dict) -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2) + "\n")
     print(f"wrote {out}")
+
+
+def model_config(args: argparse.Namespace, **overrides):
+    """The xlplastic `ModelConfig` for the shape options above (the same model every benchmark builds)."""
+    from xlplastic.config import ModelConfig
+
+    return ModelConfig(
+        vocab_size=args.vocab,
+        hidden_size=args.hidden,
+        num_layers=args.layers,
+        num_heads=args.heads,
+        mlp_dim=args.ffn,
+        max_positions=args.max_positions,
+        **overrides,
+    )

@@ -25,7 +25,7 @@ import subprocess
 import sys
 from typing import Any
 
-from xlplastic.bench.common import add_model_args, write_json
+from xlplastic.bench.common import add_model_args, model_config, write_json
 from xlplastic.groups import path_str
 
 
@@ -45,7 +45,7 @@ def measure(args, n: int) -> dict[str, Any]:
     import jax
     import numpy as np
 
-    from xlplastic.config import Config, DataConfig, MeshConfig, ModelConfig, TrainConfig
+    from xlplastic.config import Config, DataConfig, MeshConfig, TrainConfig
     from xlplastic.sharding import batch_sharding, make_mesh
     from xlplastic.train import Specials, build_trainer
 
@@ -54,14 +54,7 @@ def measure(args, n: int) -> dict[str, Any]:
         raise SystemExit(f"memory bench: {n} devices requested, {len(jax.devices())} present")
     cfg = Config(
         name="bench-memory",
-        model=ModelConfig(
-            vocab_size=args.vocab,
-            hidden_size=args.hidden,
-            num_layers=args.layers,
-            num_heads=args.heads,
-            mlp_dim=args.ffn,
-            max_positions=args.max_positions,
-        ),
+        model=model_config(args),
         mesh=MeshConfig(data=1, fsdp=n, tensor=1),
         data=DataConfig(seq_len=args.seq),
         train=TrainConfig(steps=10, batch_size=args.batch),

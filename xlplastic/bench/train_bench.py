@@ -48,7 +48,7 @@ from typing import Any
 
 import numpy as np
 
-from xlplastic.bench.common import add_model_args, write_json
+from xlplastic.bench.common import add_model_args, model_config, write_json
 
 SPECIAL_IDS = (0, 1, 2, 3, 4)  # RoBERTa convention: <s>=0 <pad>=1 </s>=2 <unk>=3 <mask>=4
 BOS, PAD, EOS, MASK = 0, 1, 2, 4
@@ -181,20 +181,15 @@ class XlplasticSide:
     def __init__(self, args, dtype: str, batches: list[np.ndarray]):
         import jax
 
-        from xlplastic.config import Config, DataConfig, MeshConfig, ModelConfig, OptimizerConfig, ScheduleConfig, TrainConfig
+        from xlplastic.config import Config, DataConfig, MeshConfig, OptimizerConfig, ScheduleConfig, TrainConfig
         from xlplastic.sharding import batch_sharding, make_mesh
         from xlplastic.train import Specials, build_trainer
 
         self.jax = jax
         cfg = Config(
             name="bench",
-            model=ModelConfig(
-                vocab_size=args.vocab,
-                hidden_size=args.hidden,
-                num_layers=args.layers,
-                num_heads=args.heads,
-                mlp_dim=args.ffn,
-                max_positions=args.max_positions,
+            model=model_config(
+                args,
                 dropout=args.dropout,
                 attention_dropout=args.dropout,
                 dtype=dtype,
