@@ -41,3 +41,9 @@ def model_config(args: argparse.Namespace, **overrides):
         max_positions=args.max_positions,
         **overrides,
     )
+
+
+def shape_record(args: argparse.Namespace) -> dict:
+    """The model shape as recorded in a benchmark's JSON."""
+    keys = ("layers", "hidden", "heads", "ffn", "vocab", "seq", "max_positions", "batch")
+    return {k: getattr(args, k) for k in keys}

@@ -25,7 +25,7 @@ import subprocess
 import sys
 from typing import Any
 
-from xlplastic.bench.common import add_model_args, model_config, write_json
+from xlplastic.bench.common import add_model_args, model_config, shape_record, write_json
 from xlplastic.groups import path_str
 
 
@@ -156,13 +156,7 @@ def main(argv: list[str] | None = None) -> int:
     result = {
         "devices": n,
         "config": {
-            "layers": args.layers,
-            "hidden": args.hidden,
-            "heads": args.heads,
-            "ffn": args.ffn,
-            "vocab": args.vocab,
-            "seq": args.seq,
-            "batch": args.batch,
+            **shape_record(args),
             "mesh": f"data=1 x fsdp={n} x tensor=1",
         },
         "tolerance": args.tolerance,

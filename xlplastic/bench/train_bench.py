@@ -48,7 +48,7 @@ from typing import Any
 
 import numpy as np
 
-from xlplastic.bench.common import add_model_args, model_config, write_json
+from xlplastic.bench.common import add_model_args, model_config, shape_record, write_json
 
 SPECIAL_IDS = (0, 1, 2, 3, 4)  # RoBERTa convention: <s>=0 <pad>=1 </s>=2 <unk>=3 <mask>=4
 BOS, PAD, EOS, MASK = 0, 1, 2, 4
@@ -491,14 +491,7 @@ def main(argv: list[str] | None = None) -> int:
             "pytorch_attn_implementation": torch_side.attn_implementation if torch_side else None,
             "pytorch_num_params": torch_side.num_params if torch_side else None,
             "config": {
-                "layers": args.layers,
-                "hidden": args.hidden,
-                "heads": args.heads,
-                "ffn": args.ffn,
-                "vocab": args.vocab,
-                "seq": args.seq,
-                "max_positions": args.max_positions,
-                "batch": args.batch,
+                **shape_record(args),
                 "steps_per_round": args.steps,
                 "rounds": args.rounds,
                 "warmup": args.warmup,
