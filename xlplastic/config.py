@@ -160,6 +160,7 @@ class ScheduleConfig(_Strict):
 
 class TrainConfig(_Strict):
     steps: int = 100
+    trainable: list[str] | None = None  # parameter groups that train (see groups.py); None = all of them
     seed: int = 0
     batch_size: int = 32  # global batch, in sequences
     grad_accum: int = 1
@@ -169,6 +170,49 @@ class TrainConfig(_Strict):
     progress: bool = True
     optimizer: OptimizerConfig = Field(default_factory=OptimizerConfig)
     schedule: ScheduleConfig = Field(default_factory=ScheduleConfig)
+
+
+class ForgettingConfig(_Strict):
+    """Active forgetting (Chen et al., 2023): re-draw `groups` after every update whose count is a
+    multiple of `every`, restart their optimizer state, and give them an LR schedule per episode."""
+
+    every: int = 0  # K; 0 = off
+    groups: list[str] = Field(default_factory=lambda: ["token_embedding"])
+    start: int = 0  # no reset before this step
+    stop: int | None = None  # no reset after this step (None = until the end; never at the final step)
+    init: Literal["normal", "matrix_stats"] = "normal"  # N(0, std), or N(mean, std) of the matrix being reset
+    std: float = 0.02
+    lr: float | None = None  # peak LR of the reset groups in each episode; None = train.optimizer.lr
+    warmup_steps: int | None = None  # per episode; None = the run's warm-up compressed by steps/every
+    end_lr: float = 0.0  # the episode's linear decay ends here
+
+
+class InitConfig(_Strict):
+    """Where parameters start: freshly drawn (default) or copied from another run's latest checkpoint."""
+
+    from_run: str | None = None  # a run directory (or its checkpoints/ folder)
+    reinit: list[str] = Field(default_factory=list)  # groups drawn fresh instead of copied (N(0, std), pad row 0)
+    std: float = 0.02
+
+
+class LabLanguageConfig(_Strict):
+    """One language of the synthetic lab: the base grammar under a known transformation."""
+
+    name: str
+    permute: float = 0.0  # share of word types given new, unrelated surface forms (1.0 = no anchors)
+    word_order: Literal["same", "reverse", "verb_final"] = "same"
+    topics: list[float] | None = None  # topic (domain) distribution of its sentences; None = uniform
+    seed: int = 1  # draws the new surface forms and this language's sentences
+
+
+class LabConfig(_Strict):
+    """A generated family of languages with gold structure (see xlplastic/data/lab.py)."""
+
+    words: int = 1000
+    sentences: int = 20000  # training sentences per language
+    test_sentences: int = 1000  # held-out sentences per language (task test sets, parallel data)
+    seed: int = 0  # draws the base grammar
+    languages: list[LabLanguageConfig] = Field(default_factory=lambda: [LabLanguageConfig(name="syn")])
 
 
 class CheckpointConfig(_Strict):
@@ -185,6 +229,9 @@ class Config(_Strict):
     data: DataConfig = Field(default_factory=DataConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
     checkpoint: CheckpointConfig = Field(default_factory=CheckpointConfig)
+    forgetting: ForgettingConfig = Field(default_factory=ForgettingConfig)
+    init: InitConfig = Field(default_factory=InitConfig)
+    lab: LabConfig | None = None
 
     @model_validator(mode="after")
     def _check(self) -> "Config":

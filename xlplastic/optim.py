@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from typing import Any, Callable
+
 import jax
 import optax
 
-from xlplastic.config import OptimizerConfig, ScheduleConfig
-from xlplastic.groups import decay_mask
+from xlplastic.config import Config, OptimizerConfig, ScheduleConfig
+from xlplastic.errors import UserError
+from xlplastic.groups import GROUPS, decay_mask
 
 
 def make_schedule(opt: OptimizerConfig, sch: ScheduleConfig, total_steps: int) -> optax.Schedule:
@@ -32,16 +35,47 @@ def make_schedule(opt: OptimizerConfig, sch: ScheduleConfig, total_steps: int) -
     return optax.join_schedules([optax.linear_schedule(0.0, lr, warm), decay], [warm])
 
 
-def make_optimizer(opt: OptimizerConfig, sch: ScheduleConfig, total_steps: int, labels) -> optax.GradientTransformation:
-    """Global-norm clipping, then one AdamW per parameter group (own state, own step count)."""
-    schedule = make_schedule(opt, sch, total_steps)
+def make_optimizer(opt: OptimizerConfig, labels, trainable: frozenset[str]) -> optax.GradientTransformation:
+    """Global-norm clipping, then per parameter group either AdamW at unit learning rate (own state and
+    step count; the train step scales its updates by `group_lrs(step)`) or, for frozen groups, nothing."""
 
     def adamw():
-        return optax.adamw(schedule, b1=opt.b1, b2=opt.b2, eps=opt.eps, weight_decay=opt.weight_decay, mask=decay_mask)
+        return optax.adamw(1.0, b1=opt.b1, b2=opt.b2, eps=opt.eps, weight_decay=opt.weight_decay, mask=decay_mask)
 
     groups = sorted(set(jax.tree.leaves(labels)))
-    tx = optax.multi_transform({g: adamw() for g in groups}, labels)
+    tx = optax.multi_transform({g: adamw() if g in trainable else optax.set_to_zero() for g in groups}, labels)
     if opt.clip_norm:
         tx = optax.chain(optax.clip_by_global_norm(opt.clip_norm), tx)
     return tx
 
+
+def make_group_lrs(cfg: Config, total_steps: int) -> Callable[[Any], dict[str, Any]]:
+    """`step -> {group: learning rate}`, a pure function of the global step (so a resume replays it):
+    the run's schedule, except for groups under active forgetting, which restart theirs every episode."""
+    opt, sch, fcfg = cfg.train.optimizer, cfg.train.schedule, cfg.forgetting
+    main = make_schedule(opt, sch, total_steps)
+    own = {}
+    if fcfg.every:
+        from xlplastic.forgetting import episode_schedule, episode_warmup
+
+        peak = opt.lr if fcfg.lr is None else fcfg.lr
+        episode = episode_schedule(fcfg, peak, episode_warmup(fcfg, sch.warmup_steps, total_steps), total_steps)
+        own = {g: episode for g in fcfg.groups}
+
+    def group_lrs(step) -> dict[str, Any]:
+        base = main(step)
+        return {g: f(step) for g, f in own.items()} | {"*": base}
+
+    return group_lrs
+
+
+def trainable_groups(cfg: Config, labels) -> frozenset[str]:
+    """The groups that train (`train.trainable`, default all); unknown names are config errors."""
+    present = set(jax.tree.leaves(labels))
+    want = cfg.train.trainable
+    if want is None:
+        return frozenset(present)
+    unknown = sorted(set(want) - set(GROUPS))
+    if unknown:
+        raise UserError(f"train.trainable names unknown parameter group(s) {', '.join(unknown)}; expected some of {', '.join(GROUPS)}")
+    return frozenset(g for g in want if g in present)

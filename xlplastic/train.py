@@ -21,7 +21,8 @@ from xlplastic import model as model_lib
 from xlplastic.config import Config
 from xlplastic.groups import label_params
 from xlplastic.masking import mask_tokens
-from xlplastic.optim import make_optimizer, make_schedule
+from xlplastic.forgetting import is_reset, make_reset
+from xlplastic.optim import make_group_lrs, make_optimizer, trainable_groups
 from xlplastic.sharding import activation_rules, batch_sharding, replicated, tree_shardings
 
 
@@ -48,9 +49,12 @@ class Trainer:
     init: Callable[[], dict]
     step: Callable[[dict, dict], tuple[dict, dict]]
     eval_step: Callable[[dict, dict], dict]
+    merge: Callable[[dict], model_lib.Encoder]  # encoder module from the params dict (ignores extra heads)
+    param_shardings: dict
+    trainable: frozenset[str]
 
     def apply_model(self, params) -> model_lib.Encoder:
-        return model_lib.merge(self.graphdef, self.abstract_state, params)
+        return self.merge(params)
 
 
 def _mlm_sums(model: model_lib.Encoder, masked, tokens_BxT, lang_B, pad: int, dropout_key):
@@ -88,34 +92,23 @@ def _dict_path(path) -> tuple:
     return tuple(k.key for k in path if isinstance(k, jax.tree_util.DictKey))
 
 
-def build_trainer(cfg: Config, mesh: Mesh, vocab_size: int, specials: Specials) -> Trainer:
-    mcfg, tcfg = cfg.model, cfg.train
-    rules = cfg.mesh.rules
-    abstract_model = nnx.eval_shape(lambda: model_lib.create(mcfg, vocab_size, tcfg.seed))
-    graphdef, abstract_state = nnx.split(abstract_model, nnx.Param)
-    abstract_params = nnx.to_pure_dict(abstract_state)
-    axes = model_lib.logical_axes(abstract_model)
-    param_shardings = tree_shardings(abstract_params, axes, mesh, rules)
-    labels = label_params(abstract_params)
-    tx = make_optimizer(tcfg.optimizer, tcfg.schedule, tcfg.steps, labels)
-    schedule = make_schedule(tcfg.optimizer, tcfg.schedule, tcfg.steps)
+@dataclass(frozen=True)
+class Objective:
+    """What a run trains: masked LM (pretraining, language adaptation) or a task head (task adaptation).
 
-    abstract_opt = jax.eval_shape(tx.init, abstract_params)
-    rep = replicated(mesh)
-    opt_shardings = like_params(abstract_opt, abstract_params, param_shardings, rep)
-    state_shardings = {"step": rep, "params": param_shardings, "opt_state": opt_shardings}
+    `prepare(key, batch)` runs once on the full batch (MLM masking, so accumulation does not change what
+    is masked); `loss(encoder, params, batch, key)` returns (summed loss, (count, correct)) for a
+    micro-batch; `extra_params()` adds parameters beyond the encoder (a task head under `task_head`).
+    """
 
-    def merge(params):
-        return model_lib.merge(graphdef, abstract_state, params)
+    batch_ndims: dict[str, int]
+    loss: Callable
+    prepare: Callable = lambda key, batch: batch
+    extra_params: Callable[[], dict] | None = None
+    extra_axes: dict | None = None
 
-    def init_state():
-        m = model_lib.create(mcfg, vocab_size, tcfg.seed)
-        params = nnx.to_pure_dict(nnx.state(m, nnx.Param))
-        params = jax.lax.with_sharding_constraint(params, param_shardings)
-        return {"step": jnp.zeros((), jnp.int32), "params": params, "opt_state": tx.init(params)}
 
-    init = jax.jit(init_state, out_shardings=state_shardings)
-
+def mlm_objective(cfg: Config, vocab_size: int, specials: Specials) -> Objective:
     dcfg = cfg.data
     mask_kwargs = dict(
         special_ids=specials.all_ids,
@@ -125,37 +118,95 @@ def build_trainer(cfg: Config, mesh: Mesh, vocab_size: int, specials: Specials) 
         mask_token_prob=dcfg.mask_token_prob,
         random_token_prob=dcfg.random_token_prob,
     )
+
+    def prepare(key, batch):
+        return {**batch, "masked": mask_tokens(key, batch["tokens"], **mask_kwargs)}
+
+    def loss(encoder, params, batch, key):
+        return _mlm_sums(encoder, batch["masked"], batch["tokens"], batch.get("lang"), specials.pad, key)
+
+    ndims = {"tokens": 2} | ({"lang": 1} if cfg.model.num_languages else {})
+    return Objective(batch_ndims=ndims, loss=loss, prepare=prepare)
+
+
+def build_trainer(
+    cfg: Config, mesh: Mesh, vocab_size: int, specials: Specials, objective: Objective | None = None
+) -> Trainer:
+    mcfg, tcfg = cfg.model, cfg.train
+    rules = cfg.mesh.rules
+    objective = objective or mlm_objective(cfg, vocab_size, specials)
+    abstract_model = nnx.eval_shape(lambda: model_lib.create(mcfg, vocab_size, tcfg.seed))
+    graphdef, abstract_state = nnx.split(abstract_model, nnx.Param)
+    abstract_params = nnx.to_pure_dict(abstract_state)
+    axes = model_lib.logical_axes(abstract_model)
+    if objective.extra_params is not None:
+        abstract_params = {**abstract_params, **jax.eval_shape(objective.extra_params)}
+        axes = {**axes, **objective.extra_axes}
+    param_shardings = tree_shardings(abstract_params, axes, mesh, rules)
+    labels = label_params(abstract_params)
+    trainable = trainable_groups(cfg, labels)
+    tx = make_optimizer(tcfg.optimizer, labels, trainable)
+    group_lrs = make_group_lrs(cfg, tcfg.steps)
+    fcfg = cfg.forgetting
     base_key = jax.random.PRNGKey(tcfg.seed)
+    maybe_reset = make_reset(fcfg, tcfg.steps, labels, tx, base_key, specials.pad) if fcfg.every else None
+
+    abstract_opt = jax.eval_shape(tx.init, abstract_params)
+    rep = replicated(mesh)
+    opt_shardings = like_params(abstract_opt, abstract_params, param_shardings, rep)
+    state_shardings = {"step": rep, "params": param_shardings, "opt_state": opt_shardings}
+    encoder_keys = tuple(nnx.to_pure_dict(abstract_state))
+
+    def merge(params):
+        return model_lib.merge(graphdef, abstract_state, {k: params[k] for k in encoder_keys})
+
+    def init_state():
+        m = model_lib.create(mcfg, vocab_size, tcfg.seed)
+        params = nnx.to_pure_dict(nnx.state(m, nnx.Param))
+        if objective.extra_params is not None:
+            params = {**params, **objective.extra_params()}
+        params = jax.lax.with_sharding_constraint(params, param_shardings)
+        return {"step": jnp.zeros((), jnp.int32), "params": params, "opt_state": tx.init(params)}
+
+    init = jax.jit(init_state, out_shardings=state_shardings)
+
     accum = tcfg.grad_accum
-    use_lang = mcfg.num_languages > 0
+
+    def frozen_to_zero(grads):
+        # Static per leaf: XLA drops the gradient computation of frozen groups altogether.
+        return jax.tree.map(lambda g, l: g if l in trainable else jnp.zeros_like(g), grads, labels)
+
+    def apply(params, updates, lrs):
+        def one(p, u, l):
+            if l not in trainable:
+                return p  # frozen leaves stay bit-identical
+            return (p + lrs.get(l, lrs["*"]) * u).astype(p.dtype)
+
+        return jax.tree.map(one, params, updates, labels)
 
     def train_step(state, batch):
         with activation_rules(mesh, rules):
             step = state["step"]
             key = jax.random.fold_in(base_key, step)
             k_mask, k_drop = jax.random.split(key)
-            tokens = batch["tokens"]
-            lang = batch["lang"] if use_lang else None
-            masked = mask_tokens(k_mask, tokens, **mask_kwargs)  # on the full batch: accumulation-invariant
+            batch = objective.prepare(k_mask, batch)
 
             def grads_of(params, micro, key):
-                tok, msk, lng = micro
-
                 def loss_fn(p):
-                    return _mlm_sums(merge(p), msk, tok, lng, specials.pad, key)
+                    return objective.loss(merge(p), p, micro, key)
 
                 return jax.value_and_grad(loss_fn, has_aux=True)(params)
 
             params = state["params"]
             if accum == 1:
-                (loss_sum, (n, correct)), grads = grads_of(params, (tokens, masked, lang), k_drop)
+                (loss_sum, (n, correct)), grads = grads_of(params, batch, k_drop)
             else:
                 # Micro-batch a takes rows a, a+A, ...: every device keeps an equal share of each micro-batch.
                 def split(x):
                     x = x.reshape((x.shape[0] // accum, accum) + x.shape[1:])
                     return jnp.swapaxes(x, 0, 1)
 
-                micros = jax.tree.map(split, (tokens, masked, lang))
+                micros = jax.tree.map(split, batch)
 
                 def body(carry, inp):
                     i, micro = inp
@@ -168,23 +219,27 @@ def build_trainer(cfg: Config, mesh: Mesh, vocab_size: int, specials: Specials) 
                     body, (zeros, 0.0, 0.0, 0.0), (jnp.arange(accum), micros)
                 )
             denom = jnp.maximum(n, 1.0)
-            grads = jax.tree.map(lambda g: g / denom, grads)
+            grads = frozen_to_zero(jax.tree.map(lambda g: g / denom, grads))
             updates, opt_state = tx.update(grads, state["opt_state"], params)
-            params = optax.apply_updates(params, updates)
+            lrs = group_lrs(step)
+            params = apply(params, updates, lrs)
             metrics = {
                 "loss": loss_sum / denom,
                 "accuracy": correct / denom,
                 "grad_norm": optax.tree.norm(grads),
                 "param_norm": optax.tree.norm(params),
                 "predictions": n,
-                "lr": schedule(step),
+                "lr": lrs["*"],
             }
+            if maybe_reset is not None:
+                for g in fcfg.groups:
+                    metrics[f"lr_{g}"] = lrs[g]
+                metrics["reset"] = is_reset(fcfg, tcfg.steps, step + 1).astype(jnp.float32)
+                params, opt_state = maybe_reset(params, opt_state, step + 1)
             new_state = {"step": step + 1, "params": params, "opt_state": opt_state}
             return new_state, metrics
 
-    bsh = {"tokens": batch_sharding(mesh, 2)}
-    if use_lang:
-        bsh["lang"] = batch_sharding(mesh, 1)
+    bsh = {k: batch_sharding(mesh, nd) for k, nd in objective.batch_ndims.items()}
     step_fn = jax.jit(
         train_step,
         in_shardings=(state_shardings, bsh),
@@ -196,10 +251,8 @@ def build_trainer(cfg: Config, mesh: Mesh, vocab_size: int, specials: Specials) 
 
     def eval_step(params, batch):
         with activation_rules(mesh, rules):
-            tokens = batch["tokens"]
-            masked = mask_tokens(eval_key, tokens, **mask_kwargs)
-            lang = batch["lang"] if use_lang else None
-            loss_sum, (n, correct) = _mlm_sums(merge(params), masked, tokens, lang, specials.pad, None)
+            batch = objective.prepare(eval_key, batch)
+            loss_sum, (n, correct) = objective.loss(merge(params), params, batch, None)
             return {"loss_sum": loss_sum, "predictions": n, "correct": correct}
 
     eval_fn = jax.jit(eval_step, in_shardings=(param_shardings, bsh), out_shardings=rep)
@@ -217,4 +270,7 @@ def build_trainer(cfg: Config, mesh: Mesh, vocab_size: int, specials: Specials) 
         init=init,
         step=step_fn,
         eval_step=eval_fn,
+        merge=merge,
+        param_shardings=param_shardings,
+        trainable=trainable,
     )
