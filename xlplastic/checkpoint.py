@@ -130,3 +130,61 @@ def _quiet_abandoned_reads():
 
 def abstract_like(tree, shardings):
     return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), tree, shardings)
+
+
+def latest_state_dir(run: str | Path) -> tuple[Path, int]:
+    """The `state` folder of the latest complete checkpoint of a run directory (or its checkpoints/)."""
+    root = Path(run).expanduser().resolve()
+    folder = root / "checkpoints" if (root / "checkpoints").is_dir() else root
+    if not folder.is_dir():
+        raise UserError(f"{root}: no such run directory; expected a run folder holding checkpoints/")
+    mgr = ocp.CheckpointManager(folder, item_names=("state", "meta"))
+    step = mgr.latest_step()
+    mgr.close()
+    if step is None:
+        raise UserError(f"{folder}: no complete checkpoint; expected a finished (or checkpointed) run to start from")
+    return folder / str(step) / "state", step
+
+
+def load_params(run: str | Path, abstract_params: dict, take) -> tuple[dict, dict[str, tuple]]:
+    """Parameters of another run's latest checkpoint, onto the shardings of `abstract_params`.
+
+    `take(path, shape_here, shape_there)` decides per leaf: True restores it; False leaves it out (the
+    caller keeps its own fresh value). Returns (restored leaves as a nested dict, {path: shape there}).
+    Only the chosen leaves are read, so a task head or a new vocabulary does not need the whole state.
+    """
+    state_dir, _ = latest_state_dir(run)
+    try:
+        there = ocp.PyTreeCheckpointHandler().metadata(state_dir)
+        there = getattr(there, "tree", there)["params"]
+    except Exception as e:  # noqa: BLE001
+        raise UserError(f"{state_dir}: checkpoint is unreadable ({type(e).__name__}); expected an xlplastic checkpoint") from None
+    flat_there = {"/".join(map(str, k)): v.shape for k, v in _flatten_dict(there).items()}
+    chosen: dict = {}
+    for path, x in _flatten_dict(abstract_params).items():
+        key = "/".join(map(str, path))
+        if take(key, x.shape, flat_there.get(key)):
+            node = chosen
+            for p in path[:-1]:
+                node = node.setdefault(p, {})
+            node[path[-1]] = x
+    if not chosen:
+        return {}, flat_there
+    item = {"params": chosen}
+    restored = ocp.PyTreeCheckpointer().restore(
+        state_dir,
+        args=ocp.args.PyTreeRestore(
+            item=item, restore_args=ocp.checkpoint_utils.construct_restore_args(item), partial_restore=True
+        ),
+    )
+    return restored["params"], flat_there
+
+
+def _flatten_dict(tree: dict, prefix: tuple = ()) -> dict[tuple, Any]:
+    out: dict[tuple, Any] = {}
+    for k, v in tree.items():
+        if isinstance(v, dict):
+            out.update(_flatten_dict(v, prefix + (k,)))
+        else:
+            out[prefix + (k,)] = v
+    return out

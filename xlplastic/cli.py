@@ -33,10 +33,20 @@ def _cmd_run(args) -> int:
 
     cfg = load_config(args.config, args.set)
     _distributed_init(args)
-    from xlplastic.run import run
-
     run_dir = Path(args.run_dir) if args.run_dir else Path("runs") / cfg.name
-    result = run(cfg, run_dir)
+    if cfg.pipeline is not None:  # the relearning pipeline: stages over a sweep
+        from xlplastic.stages import run_pipeline
+
+        result = run_pipeline(cfg, run_dir)
+    elif cfg.task is not None:  # fine-tune (or, with train.steps 0, only evaluate) a task head
+        from xlplastic.finetune import run_task
+
+        result = run_task(cfg, run_dir)
+    else:  # masked-LM pretraining (or language adaptation, with init/trainable set)
+        from xlplastic.run import run
+        from xlplastic.stages import materialize_lab
+
+        result = run(materialize_lab(cfg, run_dir.resolve()), run_dir)
     if result.interrupted:
         sig = result.results.get("signal")
         return 128 + int(sig) if sig else 0

@@ -188,11 +188,32 @@ class ForgettingConfig(_Strict):
 
 
 class InitConfig(_Strict):
-    """Where parameters start: freshly drawn (default) or copied from another run's latest checkpoint."""
+    """Where parameters start: freshly drawn (default) or copied from other runs' latest checkpoints.
+    Assembly is this too: `groups_from: {token_embedding: <adapted run>}` over `from_run: <task run>`."""
 
     from_run: str | None = None  # a run directory (or its checkpoints/ folder)
+    groups_from: dict[str, str] = Field(default_factory=dict)  # group -> run directory, overriding from_run
     reinit: list[str] = Field(default_factory=list)  # groups drawn fresh instead of copied (N(0, std), pad row 0)
     std: float = 0.02
+
+
+class TaskConfig(_Strict):
+    """A downstream task: fine-tuned on `train` (source language), scored on each `test` language."""
+
+    name: str = "xnli"
+    kind: Literal["classification", "pos", "ner", "parsing", "qa"] = "classification"
+    train: str | None = None  # file in a format of xlplastic/tasks/readers.py (relative to data.data_dir)
+    hf: dict[str, Any] | None = None  # instead of `train`: {name, subset, split, data_files} for HF `datasets`
+    dev: str | None = None  # source-language dev file (model selection / the source score)
+    test: dict[str, str] = Field(default_factory=dict)  # language -> test file (zero-shot evaluation)
+    language: str | None = None  # keep rows of this language (original multi-language XNLI files)
+    max_train_examples: int | None = None
+    max_eval_examples: int | None = None
+    seq_len: int = 128
+    doc_stride: int = 128  # QA: sliding-window stride over long contexts
+    max_query_len: int = 64
+    max_answer_len: int = 30
+    punct: Literal["include", "exclude"] = "include"  # parsing: score punctuation (CoNLL 2018) or not
 
 
 class LabLanguageConfig(_Strict):
@@ -215,6 +236,31 @@ class LabConfig(_Strict):
     languages: list[LabLanguageConfig] = Field(default_factory=lambda: [LabLanguageConfig(name="syn")])
 
 
+class TargetConfig(_Strict):
+    """A language the pretrained models are moved to: its corpus (its own tokenizer is trained on it)."""
+
+    language: str
+    corpus: CorpusConfig
+    tokenizer: TokenizerConfig | None = None  # None = the experiment's data.tokenizer settings
+
+
+class PipelineConfig(_Strict):
+    """The relearning pipeline as one experiment: every (model, seed) is pretrained, task-adapted, and for
+    every (target, budget) language-adapted, assembled and evaluated zero-shot. Stage settings are partial
+    configs deep-merged onto this config (e.g. `language_adapt: {train: {steps: 300}}`)."""
+
+    models: dict[str, dict[str, Any]] = Field(
+        default_factory=lambda: {"standard": {}, "forgetting": {"forgetting": {"every": 1000}}}
+    )
+    seeds: list[int] = Field(default_factory=lambda: [0])  # one replicate per seed: pretraining AND adaptation
+    targets: list[TargetConfig] = Field(default_factory=list)
+    budgets: list[int] = Field(default_factory=lambda: [5_000_000])  # adaptation tokens (first N of the corpus)
+    pretrain: dict[str, Any] = Field(default_factory=dict)
+    language_adapt: dict[str, Any] = Field(default_factory=dict)
+    task_adapt: dict[str, Any] = Field(default_factory=dict)
+    pretrained: dict[str, str] = Field(default_factory=dict)  # model name -> existing run dir: skip its pretraining
+
+
 class CheckpointConfig(_Strict):
     every: int = 0  # 0 = only at the end (and on SIGTERM/SIGINT)
     keep: int = 3
@@ -232,6 +278,8 @@ class Config(_Strict):
     forgetting: ForgettingConfig = Field(default_factory=ForgettingConfig)
     init: InitConfig = Field(default_factory=InitConfig)
     lab: LabConfig | None = None
+    task: TaskConfig | None = None  # set: this run fine-tunes a task head instead of masked-LM training
+    pipeline: PipelineConfig | None = None  # set: `xlplastic run` runs the relearning pipeline
 
     @model_validator(mode="after")
     def _check(self) -> "Config":

@@ -1,0 +1,92 @@
+"""The relearning-pipeline report: files exist, PNGs are real, tables hold the right numbers."""
+
+import math
+import re
+
+from xlplastic.pipeline_report import write_pipeline_report
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+MODELS, SEEDS, BUDGETS, LANG = ("standard", "forgetting"), (0, 1), (20_000, 200_000), "syn_perm"
+# zero-shot accuracy[model][budget] = per-seed values
+ACC = {"standard": {20_000: [0.50, 0.54], 200_000: [0.60, 0.62]},
+       "forgetting": {20_000: [0.60, 0.62], 200_000: [0.63, 0.65]}}
+
+
+def _summary():
+    rows = []
+    for m in MODELS:
+        for s in SEEDS:
+            rows.append(dict(model=m, stage="pretrain", task="mlm", language="en", metric="loss", value=3.0, seed=s))
+            rows.append(dict(model=m, stage="task_adapt", task="xnli", language="en", metric="accuracy", value=0.8, seed=s))
+            for b in BUDGETS:
+                rows.append(dict(model=m, stage="language_adapt", task="mlm", language=LANG, metric="loss",
+                                 value=4.0 - 0.1 * s, seed=s, budget=b))
+                rows.append(dict(model=m, stage="evaluate", task="xnli", language=LANG, metric="accuracy",
+                                 value=ACC[m][b][s], seed=s, budget=b))
+    # a failed seed: NaN must be dropped from the mean, not poison it
+    rows.append(dict(model="forgetting", stage="evaluate", task="xnli", language=LANG, metric="accuracy",
+                     value=float("nan"), seed=2, budget=200_000))
+    return rows
+
+
+def _pretrain_curves():
+    curves, resets = {}, {}
+    for m in MODELS:
+        for s in SEEDS:
+            reset = list(range(50, 201, 50)) if m == "forgetting" else []
+            curves[f"{m}/s{s}"] = [
+                {"step": t, "loss": 7 * math.exp(-t / 40) + 2 + (3.0 if t in reset or t - 1 in reset else 0.0),
+                 "reset": float(t in reset)} for t in range(1, 201)]
+            if reset:
+                resets[f"{m}/s{s}"] = reset
+    return curves, resets
+
+
+def _embedded(report):
+    return re.findall(r"!\[[^\]]*\]\(([^)]+)\)", report.read_text())
+
+
+def test_full_pipeline_report(tmp_path):
+    pre, resets = _pretrain_curves()
+    adapt = {f"{m}/s{s}/{LANG}/{b}": [{"step": t, "loss": 6 - t / 50 - (0.5 if m == "forgetting" else 0)} for t in range(1, 101)]
+             for m in MODELS for s in SEEDS for b in BUDGETS}
+    curves = {"pretrain": pre, "language_adapt": adapt, "reset_steps": resets}
+    report = write_pipeline_report(tmp_path, "relearn-test", _summary(), curves, notes=["synthetic data"])
+
+    assert report == tmp_path / "report.md"
+    pngs = {"pretrain_loss.png", "adaptation_loss.png", "zero_shot.png", "budget_curve.png"}
+    assert {p.name for p in tmp_path.glob("*.png")} == pngs
+    for name in pngs:
+        data = (tmp_path / name).read_bytes()
+        assert data.startswith(PNG_SIGNATURE) and len(data) > 5_000, name
+    assert sorted(_embedded(report)) == sorted(pngs)  # each once, relative path
+
+    text = report.read_text()
+    assert text.startswith("# relearn-test") and "- synthetic data" in text
+    # by hand: standard @20k = (0.50 + 0.54) / 2 = 0.52, sample std = 0.02·√2; forgetting = 0.61; diff = +0.09
+    std = math.sqrt(2 * 0.02**2)
+    row = next(line for line in text.splitlines() if line.startswith("| xnli | accuracy | syn_perm | 20,000 |"))
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    assert cells[4] == f"0.5200 ± {std:.4f} (n=2)"
+    assert cells[5].startswith("0.6100 ± ") and cells[6] == "+0.0900"
+    row = next(line for line in text.splitlines() if line.startswith("| xnli | accuracy | syn_perm | 200,000 |"))
+    assert "0.6400 ± 0.0141 (n=2)" in row and "+0.0300" in row  # the NaN seed is dropped
+    assert "| xnli | accuracy | en | – | 0.8000 ± 0.0000 (n=2)" in text  # source-language task table
+    assert f"| mlm | loss | {LANG} | 200,000 | 3.9500 ±" in text  # language-adaptation table
+
+
+def test_partial_reports(tmp_path):
+    pre, resets = _pretrain_curves()
+    # same folder as a richer report would use: stale figures must not survive into the new report
+    (tmp_path / "zero_shot.png").write_bytes(PNG_SIGNATURE)
+    report = write_pipeline_report(tmp_path, "pretrain-only", [], {"pretrain": pre, "reset_steps": resets})
+    assert {p.name for p in tmp_path.glob("*.png")} == {"pretrain_loss.png"}
+    assert _embedded(report) == ["pretrain_loss.png"]
+    assert (tmp_path / "pretrain_loss.png").read_bytes().startswith(PNG_SIGNATURE)
+
+    # one model, one seed, one budget, no curves at all: tables without a difference column, one figure
+    rows = [dict(model="standard", stage="evaluate", task="pos", language="de", metric="f1", value=0.7, seed=0, budget=1000)]
+    report = write_pipeline_report(tmp_path / "single", "single", rows, {})
+    assert _embedded(report) == ["zero_shot.png"]
+    text = report.read_text()
+    assert "| pos | f1 | de | 1,000 | 0.7000 (n=1) |" in text and "forgetting − standard" not in text

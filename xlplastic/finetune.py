@@ -1,0 +1,246 @@
+"""A task run: fine-tune an encoder + task head (task adaptation), or only score one (zero-shot evaluation).
+
+Same trainer as pretraining (train.py) with a task objective instead of masked LM, so sharding,
+trainable groups, checkpoints and resume behave identically. Batches are a pure function of
+(seed, step): example order is a fresh permutation per epoch drawn from (seed, epoch). With
+`train.steps: 0` the run only evaluates, which is how an assembled model is scored.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from xlplastic import checkpoint as ckpt_lib
+from xlplastic import model as model_lib
+from xlplastic.assemble import compose_params
+from xlplastic.config import Config, TaskConfig, dump_config
+from xlplastic.data.sources import resolve_path
+from xlplastic.data.tokenizers import special_tokens
+from xlplastic.errors import UserError
+from xlplastic.metrics import MetricsLog, Progress
+from xlplastic.run import RunResult, _finite_or_raise, _sha, _write_json, is_main, log, prepare_tokenizer
+from xlplastic.sharding import activation_rules, check_batch, make_mesh, put_global_batch
+from xlplastic.tasks import features as feats
+from xlplastic.tasks import readers
+from xlplastic.tasks.heads import create_head, head_loss, head_predict
+from xlplastic.train import Objective, Specials, build_trainer
+
+# Groups a task run trains by default: everything but the token embeddings (frozen, as in the
+# relearning pipeline) and the MLM head (unused by a task).
+TASK_TRAINABLE = ["position_embedding", "language_embedding", "embedding_norm", "body", "task_head"]
+
+
+def task_objective(cfg: Config, kind: str, num_labels: int, pad: int, batch_ndims: dict[str, int]):
+    """(Objective, predict(encoder, params, batch)) for a task head stored under params['task_head']."""
+    seed = cfg.train.seed
+    abstract = nnx.eval_shape(lambda: create_head(kind, cfg.model, num_labels, seed))
+    graphdef, abstract_state = nnx.split(abstract, nnx.Param)
+
+    def head_of(params):
+        return model_lib.merge(graphdef, abstract_state, params["task_head"])
+
+    def hidden(encoder, tokens, key):
+        return encoder.encode(tokens, (tokens != pad).sum(-1).astype(jnp.int32), dropout_key=key)
+
+    def loss(encoder, params, batch, key):
+        k_enc, k_head = jax.random.split(key) if key is not None else (None, None)
+        loss_sum, count, correct = head_loss(kind, head_of(params), hidden(encoder, batch["tokens"], k_enc), batch, k_head)
+        return loss_sum, (count, correct)
+
+    def extra_params():
+        return {"task_head": nnx.to_pure_dict(nnx.state(create_head(kind, cfg.model, num_labels, seed), nnx.Param))}
+
+    def predict(encoder, params, batch):
+        return head_predict(kind, head_of(params), hidden(encoder, batch["tokens"], None), batch)
+
+    objective = Objective(
+        batch_ndims=batch_ndims,
+        loss=loss,
+        extra_params=extra_params,
+        extra_axes={"task_head": model_lib.logical_axes(abstract)},
+    )
+    return objective, predict
+
+
+def read_split(task: TaskConfig, path: str | None, data_dir: str | None, limit: int | None, hf_split: str | None = None):
+    if path is None and task.hf is not None and hf_split is not None:
+        hf = dict(task.hf)
+        kw = {k: hf.get(k) for k in ("subset", "data_files") if hf.get(k) is not None}
+        return readers.load_hf_task(task.kind, hf["name"], split=hf.get("split", hf_split), max_examples=limit,
+                                    language=task.language, **kw)
+    if path is None:
+        raise UserError(f"task `{task.name}`: no training data; expected task.train (a file) or task.hf")
+    kind = "classification" if task.kind == "classification" else task.kind
+    return readers.read_task(kind, str(resolve_path(path, data_dir)), language=task.language, max_examples=limit)
+
+
+class _Order:
+    """Global example rows of step s: epoch-wise permutations drawn from (seed, epoch)."""
+
+    def __init__(self, n: int, batch: int, seed: int):
+        self.n, self.batch, self.seed = n, batch, seed
+        self._perm: tuple[int, np.ndarray] | None = None
+
+    def rows(self, step: int) -> np.ndarray:
+        g = np.arange(step * self.batch, (step + 1) * self.batch)
+        out = np.empty_like(g)
+        for e in np.unique(g // self.n):
+            if self._perm is None or self._perm[0] != e:
+                self._perm = (int(e), np.random.default_rng([self.seed, int(e)]).permutation(self.n))
+            sel = g // self.n == e
+            out[sel] = self._perm[1][g[sel] % self.n]
+        return out
+
+
+def _local(arrays: dict[str, np.ndarray], rows: np.ndarray) -> dict[str, np.ndarray]:
+    pc, pi = jax.process_count(), jax.process_index()
+    per = len(rows) // pc
+    mine = rows[pi * per : (pi + 1) * per]
+    return {k: v[mine] for k, v in arrays.items()}
+
+
+def run_task(cfg: Config, run_dir: str | Path, *, stage: str = "task_adapt", stop_at: int | None = None,
+             devices: list | None = None) -> RunResult:
+    """Fine-tunes `cfg.task` for `cfg.train.steps` (0 = evaluate only) and scores every test language."""
+    task = cfg.task
+    if task is None:
+        raise UserError("this run has no `task:` section; expected a task to fine-tune or evaluate")
+    run_dir = Path(run_dir).resolve()
+    run_dir.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    tcfg, dd = cfg.train, cfg.data.data_dir
+    tokenizer = prepare_tokenizer(cfg, run_dir)
+    sp = special_tokens(tokenizer)
+    specials = Specials(pad=sp.pad, mask=sp.mask, all_ids=tuple(sp.all_ids))
+    vocab = cfg.model.vocab_size or tokenizer.get_vocab_size()
+
+    labels_file = run_dir / "labels.json"
+    base_labels = Path(cfg.init.from_run or "") / "labels.json"
+    if tcfg.steps > 0:
+        train_ex = read_split(task, task.train, dd, task.max_train_examples, hf_split="train")
+        label_map = readers.label_map(train_ex)
+        if is_main():
+            _write_json(labels_file, label_map)
+    elif cfg.init.from_run and base_labels.is_file():
+        train_ex, label_map = [], json.loads(base_labels.read_text(encoding="utf-8"))
+        if is_main():
+            _write_json(labels_file, label_map)
+    else:
+        raise UserError(f"task `{task.name}`: evaluation-only run (train.steps=0) needs init.from_run pointing to a "
+                        "task-adapted run (its labels.json); expected a fine-tuned model")
+    n_labels = feats.num_labels(task.kind, label_map)
+
+    def featurize(examples):
+        return feats.encode(task.kind, examples, tokenizer, sp, task.seq_len, label_map,
+                            doc_stride=task.doc_stride, max_query_len=task.max_query_len)
+
+    evals: dict[str, tuple[list, feats.Features]] = {}
+    for lang, path in ([("dev", task.dev)] if task.dev else []) + sorted(task.test.items()):
+        ex = readers.read_task(task.kind, str(resolve_path(path, dd)), language=None, max_examples=task.max_eval_examples)
+        if task.kind != "qa":
+            readers.check_labels(label_map, ex, str(resolve_path(path, dd)))
+        evals[lang] = (ex, featurize(ex))
+    train_f = featurize(train_ex) if train_ex else None
+
+    mesh = make_mesh(cfg.mesh, devices)
+    check_batch(tcfg.batch_size, mesh, tcfg.grad_accum)
+    sample = train_f or next(iter(evals.values()))[1] if evals else train_f
+    if sample is None:
+        raise UserError(f"task `{task.name}`: nothing to train or evaluate; expected task.train or task.test")
+    ndims = {k: v.ndim for k, v in sample.arrays.items()}
+    objective, predict = task_objective(cfg, task.kind, n_labels, sp.pad, ndims)
+    trainer = build_trainer(cfg, mesh, vocab, specials, objective)
+    predict_fn = jax.jit(
+        lambda params, batch: _with_rules(mesh, cfg, lambda: predict(trainer.merge(params), params, batch)),
+    )
+
+    ckpt = ckpt_lib.Checkpointer(run_dir / "checkpoints", keep=cfg.checkpoint.keep, async_save=cfg.checkpoint.async_save)
+    meta = ckpt_lib.make_meta(vocab, cfg.model.model_dump(), _sha(tokenizer.to_str()), {"task": task.name, "labels": n_labels})
+    start = ckpt.latest_step() if cfg.checkpoint.resume else None
+    if start is not None:
+        state = ckpt.restore(start, ckpt_lib.abstract_like(jax.eval_shape(trainer.init), trainer.state_shardings), meta)
+        log(f"resumed task run from step {start}")
+    else:
+        state, start = trainer.init(), 0
+        state["params"] = compose_params(cfg.init, state["params"], trainer.labels, trainer.param_shardings,
+                                         seed=tcfg.seed, pad_id=sp.pad, tokenizer_sha=_sha(tokenizer.to_str()), log=log)
+    if is_main():
+        (run_dir / "config.yaml").write_text(dump_config(cfg), encoding="utf-8")
+
+    metrics_log = MetricsLog(run_dir, start, enabled=is_main())
+    progress = Progress(tcfg.steps, start, enabled=tcfg.progress and is_main() and tcfg.steps > 0)
+    order = _Order(len(train_f.arrays["tokens"]), tcfg.batch_size, tcfg.seed) if train_f else None
+    pending = None
+    try:
+        with jax.transfer_guard("disallow"):
+            for s in range(start + 1, tcfg.steps + 1):
+                with jax.transfer_guard_host_to_device("allow"):
+                    batch = put_global_batch(_local(train_f.arrays, order.rows(s - 1)), mesh, tcfg.batch_size)
+                state, dev = trainer.step(state, batch)
+                if pending is not None:
+                    _log_row(*pending, metrics_log, progress, tcfg)
+                pending = (s, dev)
+                if (cfg.checkpoint.every and s % cfg.checkpoint.every == 0 and s != tcfg.steps) or s == stop_at:
+                    _log_row(*pending, metrics_log, progress, tcfg)
+                    pending = None
+                    ckpt.save(s, state, meta)
+                if s == stop_at:
+                    return RunResult(run_dir, s, {}, interrupted=True)
+            if pending is not None:
+                _log_row(*pending, metrics_log, progress, tcfg)
+        if tcfg.steps > start:
+            ckpt.save(tcfg.steps, state, meta)
+        elif tcfg.steps == 0 and start == 0:
+            ckpt.save(0, state, meta)  # an assembled model is a checkpoint too (analysis, later stages)
+    finally:
+        progress.close()
+        ckpt.close()
+        metrics_log.close()
+
+    scores = {lang: _score(task, state["params"], ex, f, label_map, predict_fn, mesh, tcfg.batch_size)
+              for lang, (ex, f) in evals.items()}
+    summary = [
+        {"model": cfg.name, "stage": stage, "task": task.name, "language": lang, "metric": m, "value": v}
+        for lang, sc in scores.items() for m, v in sc.items()
+    ]
+    results = {"name": cfg.name, "task": task.name, "scores": scores, "summary": summary,
+               "final": {"step": tcfg.steps, "wall_time_s": time.perf_counter() - t0, "labels": n_labels}}
+    if is_main():
+        _write_json(run_dir / "results.json", results)
+    log(f"{stage} {task.name}: " + "; ".join(f"{l} " + ", ".join(f"{m} {v:.4f}" for m, v in sc.items()) for l, sc in scores.items()))
+    return RunResult(run_dir, tcfg.steps, results)
+
+
+def _with_rules(mesh, cfg, fn):
+    with activation_rules(mesh, cfg.mesh.rules):
+        return fn()
+
+
+def _log_row(step, dev, metrics_log, progress, tcfg):
+    row = {"step": step, **{k: float(v) for k, v in jax.device_get(dev).items()}}
+    _finite_or_raise(row, None)
+    if step % tcfg.log_every == 0 or step == tcfg.steps:
+        metrics_log.write(row)
+    progress.update(step, {"loss": row["loss"]})
+
+
+def _score(task: TaskConfig, params, examples, f: feats.Features, label_map, predict_fn, mesh, batch: int) -> dict:
+    """Predictions batch by batch (the last batch padded with copies of row 0, then dropped), scored on host."""
+    n = len(f.arrays["tokens"])
+    outs: list[dict] = []
+    for lo in range(0, n, batch):
+        idx = np.arange(lo, lo + batch)
+        idx[idx >= n] = 0
+        local = _local(f.arrays, idx)
+        out = jax.device_get(predict_fn(params, put_global_batch(local, mesh, batch)))
+        keep = min(batch, n - lo)
+        outs.append({k: v[:keep] for k, v in out.items()})
+    preds = {k: np.concatenate([o[k] for o in outs]) for k in outs[0]} if outs else {}
+    return feats.score(task.kind, preds, f, examples, label_map, max_answer_len=task.max_answer_len)

@@ -1,0 +1,271 @@
+"""Report of a relearning-pipeline experiment: standard vs forgetting models over seeds and budgets.
+
+Markdown tables (mean ± std over seeds) and PNG figures; matplotlib (Agg) is imported lazily so this
+module stays cheap and head-less. A figure that cannot be drawn is skipped with a warning: a plot is
+never worth failing an experiment that has already finished.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import sys
+from collections import defaultdict
+from pathlib import Path
+from typing import Any, Callable
+
+log = logging.getLogger(__name__)
+
+_FIXED_COLOURS = {"standard": "tab:blue", "forgetting": "tab:orange"}
+_OTHER_COLOURS = ["tab:green", "tab:red", "tab:purple", "tab:brown", "tab:pink", "tab:olive", "tab:cyan", "tab:gray"]
+_CAPTIONS = {
+    "pretrain_loss.png": ("pretraining loss", "Pretraining MLM loss per model and seed (raw, unsmoothed); faint vertical "
+                          "lines mark embedding resets — look for the spike after each reset and how fast it recovers."),
+    "adaptation_loss.png": ("language-adaptation loss", "Language-adaptation loss (only the embeddings train) per target "
+                            "language and budget — a curve that falls lower and sooner means a body that relearns faster."),
+    "zero_shot.png": ("zero-shot scores", "Zero-shot target-language scores: bars are means over seeds, whiskers min–max, "
+                      "dots single seeds — compare forgetting with standard inside each group."),
+    "budget_curve.png": ("score vs adaptation budget", "Zero-shot score against the language-adaptation token budget "
+                         "(log scale), mean with a min–max band over seeds — the gap should be widest at small budgets."),
+}
+
+
+def _num(v: Any) -> float:
+    try:
+        return float(v)
+    except (TypeError, ValueError):
+        return math.nan
+
+
+def _stats(values: list) -> dict | None:
+    """Mean, sample std, min and max over the finite values: a NaN seed is dropped, not averaged in."""
+    xs = [x for x in map(_num, values) if math.isfinite(x)]
+    if not xs:
+        return None
+    n, mean = len(xs), sum(xs) / len(xs)
+    std = math.sqrt(sum((x - mean) ** 2 for x in xs) / (n - 1)) if n > 1 else 0.0
+    return {"mean": mean, "std": std, "min": min(xs), "max": max(xs), "n": n, "values": xs}
+
+
+def _order(names) -> list[str]:
+    """standard, forgetting, then the rest by first appearance: stable columns and colours."""
+    seen = list(dict.fromkeys(names))
+    head = [m for m in _FIXED_COLOURS if m in seen]
+    return head + [m for m in seen if m not in head]
+
+
+def _budget(b: Any, long: bool = False) -> str:
+    x = _num(b)
+    if not math.isfinite(x):
+        return "–" if b is None else str(b)
+    div, unit = next(((d, u) for d, u in ((1e9, "B"), (1e6, "M"), (1e3, "k")) if x >= d), (1, ""))
+    return f"{int(x):,}" if long else f"{x / div:g}{unit}"
+
+
+def _group(rows: list[dict]) -> dict[tuple, dict[str, dict]]:
+    """(task, metric, language, budget) -> model -> stats over seeds, sorted for stable output."""
+    acc: dict = defaultdict(lambda: defaultdict(list))
+    for r in rows:
+        key = (str(r.get("task") or ""), str(r.get("metric") or ""), str(r.get("language") or ""), r.get("budget"))
+        acc[key][str(r.get("model", "?"))].append(r.get("value"))
+    order = sorted(acc, key=lambda k: (*k[:3], -1.0 if k[3] is None else _num(k[3])))
+    return {k: {m: s for m, vs in acc[k].items() if (s := _stats(vs))} for k in order}
+
+
+def _cell(s: dict | None) -> str:
+    if not s:
+        return "–"
+    return f"{s['mean']:.4f}" + (f" ± {s['std']:.4f}" if s["n"] > 1 else "") + f" (n={s['n']})"
+
+
+def _table(rows: list[dict]) -> list[str]:
+    """One row per task/metric/language/budget, one column per model (+ forgetting − standard)."""
+    models = _order(str(r.get("model", "?")) for r in rows)
+    diff = "standard" in models and "forgetting" in models
+    head = ["task", "metric", "language", "budget", *models] + (["forgetting − standard"] if diff else [])
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for (task, metric, lang, budget), per in _group(rows).items():
+        cells = [task or "–", metric or "–", lang or "–", _budget(budget, long=True)]
+        cells += [_cell(per.get(m)) for m in models]
+        if diff:
+            s, f = per.get("standard"), per.get("forgetting")
+            cells.append(f"{f['mean'] - s['mean']:+.4f}" if s and f else "–")
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines + [""]
+
+
+def _figure(n: int, max_panels: int = 6, size: tuple[float, float] = (4.4, 3.3)):
+    """Up to `max_panels` axes in rows of three (a crowded figure helps less than a missing panel)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    n = min(n, max_panels)
+    ncols, nrows = min(3, n), -(-n // 3)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(size[0] * ncols, size[1] * nrows), dpi=110, squeeze=False)
+    for ax in axes.flat[n:]:
+        ax.axis("off")
+    return fig, list(axes.flat[:n])
+
+
+def _save(fig, path: Path, axes: list) -> bool:
+    import matplotlib.pyplot as plt
+
+    for ax in axes:
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return True
+
+
+def _curve(ax, rows: list[dict], colour: str, label: str, labelled: set[str], lw: float = 1.0) -> None:
+    """Raw curve, no smoothing (the spikes after a reset are the point); each model named once per legend."""
+    pts = [(r["step"], _num(r.get("loss"))) for r in rows if "step" in r]
+    if pts:
+        ax.plot(*zip(*pts), color=colour, lw=lw, alpha=0.85, label=label if label not in labelled else "_nolegend_")
+        labelled.add(label)
+
+
+def _plot_pretrain(path: Path, runs: dict, resets: dict, colours: dict) -> bool:
+    if not (runs := {k: v for k, v in runs.items() if v}):
+        return False
+    fig, (ax,) = _figure(1, size=(8, 4.2))
+    labelled: set[str] = set()
+    order = list(colours)
+    for key, rows in sorted(runs.items(), key=lambda kv: (order.index(kv[0].rsplit("/", 1)[0]), kv[0])):
+        model = key.rsplit("/", 1)[0]
+        _curve(ax, rows, colours[model], model, labelled, lw=0.8)
+        steps = resets.get(key) or [r["step"] for r in rows if _num(r.get("reset", 0)) > 0]
+        if steps:
+            ax.vlines(steps, 0, 1, transform=ax.get_xaxis_transform(), color=colours[model], alpha=0.2,
+                      lw=0.8, label="embedding reset" if "reset" not in labelled else "_nolegend_")
+            labelled.add("reset")
+    ax.set(xlabel="step", ylabel="MLM loss (nats)", title="pretraining")
+    return _save(fig, path, [ax])
+
+
+def _plot_adaptation(path: Path, runs: dict, colours: dict) -> bool:
+    panels: dict = defaultdict(list)
+    for key, rows in runs.items():
+        parts = key.rsplit("/", 3)
+        if len(parts) == 4 and rows:
+            panels[(parts[2], _num(parts[3]))].append((parts[0], rows))
+    if not panels:
+        return False
+    fig, axes = _figure(len(panels))
+    for ax, (lang, budget) in zip(axes, sorted(panels)):
+        labelled: set[str] = set()
+        for model, rows in sorted(panels[(lang, budget)], key=lambda mr: list(colours).index(mr[0])):
+            _curve(ax, rows, colours[model], model, labelled)
+        ax.set(xlabel="step", ylabel="MLM loss", title=f"{lang}, {_budget(budget)} tokens")
+    return _save(fig, path, axes)
+
+
+def _plot_zero_shot(path: Path, rows: list[dict], colours: dict) -> bool:
+    panels: dict = defaultdict(dict)
+    for (task, metric, lang, budget), per in _group(rows).items():
+        if per:
+            panels[(task, metric)][(lang, budget)] = per
+    if not panels:
+        return False
+    models = _order(str(r.get("model", "?")) for r in rows)
+    width = 0.8 / len(models)
+    fig, axes = _figure(len(panels), max_panels=9)
+    for ax, ((task, metric), cells) in zip(axes, panels.items()):
+        for i, model in enumerate(models):
+            stats = [(x, per[model]) for x, per in enumerate(cells.values()) if model in per]
+            if not stats:
+                continue
+            xs = [x - 0.4 + width * (i + 0.5) for x, _ in stats]
+            means = [s["mean"] for _, s in stats]
+            err = [[s["mean"] - s["min"] for _, s in stats], [s["max"] - s["mean"] for _, s in stats]]
+            ax.bar(xs, means, width * 0.9, yerr=err, capsize=3, color=colours.get(model, "gray"), alpha=0.75, label=model)
+            for x, (_, s) in zip(xs, stats):
+                ax.scatter([x] * s["n"], s["values"], color="black", s=9, zorder=3)
+        several = len({b for _, b in cells}) > 1
+        ax.set_xticks(range(len(cells)), [lang + (f"\n{_budget(b)}" if several else "") for lang, b in cells])
+        ax.set(ylabel=metric, title=f"{task} (zero-shot)")
+    return _save(fig, path, axes)
+
+
+def _plot_budget_curve(path: Path, rows: list[dict], colours: dict) -> bool:
+    lines: dict = defaultdict(lambda: defaultdict(list))  # (task, metric, language) -> model -> [(budget, stats)]
+    for (task, metric, lang, budget), per in _group(rows).items():
+        if _num(budget) > 0:
+            for model, s in per.items():
+                lines[(task, metric, lang)][model].append((_num(budget), s))
+    if len({b for per in lines.values() for pts in per.values() for b, _ in pts}) < 2:
+        return False
+    fig, axes = _figure(len(lines))
+    for ax, ((task, metric, lang), per) in zip(axes, lines.items()):
+        for model in _order(per):
+            pts = sorted(per[model], key=lambda bs: bs[0])
+            xs = [b for b, _ in pts]
+            ax.plot(xs, [s["mean"] for _, s in pts], "o-", color=colours.get(model, "gray"), label=model)
+            lo, hi = [s["min"] for _, s in pts], [s["max"] for _, s in pts]
+            ax.fill_between(xs, lo, hi, color=colours.get(model, "gray"), alpha=0.2)
+        ax.set_xscale("log")
+        budgets = sorted({b for pts in per.values() for b, _ in pts})
+        ax.set_xticks(budgets, [_budget(b) for b in budgets])
+        ax.minorticks_off()
+        ax.set(xlabel="adaptation budget (tokens)", ylabel=metric, title=f"{task} / {lang}")
+    return _save(fig, path, axes)
+
+
+def _draw(path: Path, plot: Callable[..., bool], *args) -> bool:
+    """Draw one figure, or skip it: a stale PNG from an earlier call is removed so the report never embeds it."""
+    path.unlink(missing_ok=True)
+    try:
+        return bool(plot(path, *args))
+    except Exception as e:  # noqa: BLE001 - a figure is never worth failing a finished experiment
+        log.warning("pipeline report: skipped %s (%s: %s)", path.name, type(e).__name__, e)
+        if plt := sys.modules.get("matplotlib.pyplot"):  # do not leak a half-drawn figure
+            plt.close("all")
+        path.unlink(missing_ok=True)
+        return False
+
+
+def write_pipeline_report(
+    run_dir: Path, name: str, summary: list[dict], curves: dict, notes: list[str] | None = None
+) -> Path:
+    """Write tables, figures and report.md for one pipeline experiment into run_dir; return the report path."""
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    summary, curves = list(summary or []), dict(curves or {})
+    stage = {s: [r for r in summary if r.get("stage") == s] for s in ("pretrain", "language_adapt", "task_adapt", "evaluate")}
+    pre, adapt, resets = (c if isinstance(c := curves.get(k), dict) else {}
+                          for k in ("pretrain", "language_adapt", "reset_steps"))
+    models = _order([str(r.get("model", "?")) for r in summary] + [k.rsplit("/", 1)[0] for k in pre]
+                    + [k.rsplit("/", 3)[0] for k in adapt])
+    others = iter(_OTHER_COLOURS * (len(models) // len(_OTHER_COLOURS) + 1))
+    colours = {m: _FIXED_COLOURS.get(m) or next(others) for m in models}
+    written = [p.name for p, fn, *args in [
+        (run_dir / "pretrain_loss.png", _plot_pretrain, pre, resets, colours),
+        (run_dir / "adaptation_loss.png", _plot_adaptation, adapt, colours),
+        (run_dir / "zero_shot.png", _plot_zero_shot, stage["evaluate"], colours),
+        (run_dir / "budget_curve.png", _plot_budget_curve, stage["evaluate"], colours),
+    ] if _draw(p, fn, *args)]
+
+    lines = [f"# {name}", "", "Relearning pipeline (active forgetting): pretrain → language adaptation (embeddings only) "
+             "→ source-language task fine-tuning → zero-shot evaluation on the target languages. "
+             "Cells are mean ± sample std over seeds (n = number of seeds with a finite value).", ""]
+    if notes:
+        lines += [f"- {n}" for n in notes] + [""]
+    sections = [("Zero-shot results (target languages)", stage["evaluate"]),
+                ("Source-language task scores (task_adapt)", stage["task_adapt"]),
+                ("Language adaptation: final target-language MLM eval", stage["language_adapt"])]
+    if stage["pretrain"]:
+        sections.append(("Pretraining", stage["pretrain"]))
+    for title, rows in sections:
+        lines += [f"## {title}", ""] + (_table(rows) if rows else ["_Nothing recorded._", ""])
+    if written:
+        lines += ["## Figures", ""]
+        for png in written:
+            alt, caption = _CAPTIONS[png]
+            lines += [f"![{alt}]({png})", "", caption, ""]
+    path = run_dir / "report.md"
+    path.write_text("\n".join(lines), encoding="utf-8")
+    return path
