@@ -186,6 +186,17 @@ class ForgettingConfig(_Strict):
     warmup_steps: int | None = None  # per episode; None = the run's warm-up compressed by steps/every
     end_lr: float = 0.0  # the episode's linear decay ends here
 
+    @model_validator(mode="after")
+    def _check(self) -> "ForgettingConfig":
+        from xlplastic.groups import GROUPS
+
+        unknown = [g for g in self.groups if g not in GROUPS]
+        if unknown:
+            raise ValueError(f"unknown parameter group(s) {', '.join(unknown)}; expected some of {', '.join(GROUPS)}")
+        if self.every < 0:
+            raise ValueError(f"forgetting.every must be >= 0 (0 = off), got {self.every}")
+        return self
+
 
 class InitConfig(_Strict):
     """Where parameters start: freshly drawn (default) or copied from other runs' latest checkpoints.

@@ -151,7 +151,7 @@ def run_task(cfg: Config, run_dir: str | Path, *, stage: str = "task_adapt", sto
 
     mesh = make_mesh(cfg.mesh, devices)
     check_batch(tcfg.batch_size, mesh, tcfg.grad_accum)
-    sample = train_f or next(iter(evals.values()))[1] if evals else train_f
+    sample = train_f if train_f is not None else (next(iter(evals.values()))[1] if evals else None)
     if sample is None:
         raise UserError(f"task `{task.name}`: nothing to train or evaluate; expected task.train or task.test")
     ndims = {k: v.ndim for k, v in sample.arrays.items()}
@@ -243,4 +243,4 @@ def _score(task: TaskConfig, params, examples, f: feats.Features, label_map, pre
         keep = min(batch, n - lo)
         outs.append({k: v[:keep] for k, v in out.items()})
     preds = {k: np.concatenate([o[k] for o in outs]) for k in outs[0]} if outs else {}
-    return feats.score(task.kind, preds, f, examples, label_map, max_answer_len=task.max_answer_len)
+    return feats.score(task.kind, preds, f, examples, label_map, max_answer_len=task.max_answer_len, punct=task.punct)

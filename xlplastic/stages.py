@@ -9,7 +9,8 @@ For every seed s and model m (e.g. standard, forgetting):
 Each stage is a normal run in its own folder: complete (results.json present) means skipped, and an
 interrupted one resumes from its checkpoints when the experiment is run again. Every stage config is
 the experiment config with the model's and the stage's partial configs merged on top, written to the
-stage folder, so any stage can be rerun alone with `xlplastic run <stage>/config.yaml`.
+stage folder, so any stage can be rerun alone with `xlplastic run <stage>/config.yaml --run-dir <stage>`.
+Folders are named `<model>-s<seed>` and `<target>-<budget>`.
 """
 
 from __future__ import annotations
@@ -101,6 +102,7 @@ def run_pipeline(cfg: Config, run_dir: str | Path, *, only: list[str] | None = N
     if missing:
         raise UserError(f"task.test has no test set for target language(s) {', '.join(missing)}; expected one per target")
     off = {"forgetting": {"every": 0}}
+    mlm = {"task": None}  # MLM stages: their config.yaml reruns as MLM training with `xlplastic run`
     rows: list[dict] = []
     curves: dict[str, dict] = {"pretrain": {}, "language_adapt": {}, "reset_steps": {}}
 
@@ -129,7 +131,7 @@ def run_pipeline(cfg: Config, run_dir: str | Path, *, only: list[str] | None = N
                 p_dir = Path(pcfg.pretrained[m]).resolve() if m in pcfg.pretrained else run_dir / "pretrain" / tag
                 if m not in pcfg.pretrained:
                     stage("pretrain", p_dir,
-                          lambda: _stage_config(base, m_over, pcfg.pretrain, common, source=f"pipeline pretrain {tag}"),
+                          lambda: _stage_config(base, m_over, pcfg.pretrain, common, mlm, source=f"pipeline pretrain {tag}"),
                           lambda c, d: run(c, d), {"model": m, "seed": seed})
                 curves["pretrain"][f"{m}/s{seed}"] = _metric_rows(p_dir)
                 pcfg_m = _stage_config(base, m_over, pcfg.pretrain, common, source=tag)
@@ -155,7 +157,7 @@ def run_pipeline(cfg: Config, run_dir: str | Path, *, only: list[str] | None = N
                                      "train": {"trainable": ["token_embedding"]}}
                         tags = {"model": m, "seed": seed, "budget": budget}
                         stage("language_adapt", l_dir,
-                              lambda: _stage_config(base, m_over, off, lang_over, pcfg.language_adapt, common,
+                              lambda: _stage_config(base, m_over, off, lang_over, pcfg.language_adapt, common, mlm,
                                                     source=f"language_adapt {tag}/{sub}"),
                               lambda c, d: run(c, d), tags)
                         curves["language_adapt"][f"{m}/s{seed}/{target.language}/{budget}"] = _metric_rows(l_dir)

@@ -215,7 +215,8 @@ def _decode_qa(pred, features: Features, examples, max_answer_len: int, n_best: 
     return {ex.id: best.get(i, (0.0, ""))[1] for i, ex in enumerate(examples)}
 
 
-def score(kind, predictions, features: Features, examples, label_map, *, max_answer_len=30, n_best=20) -> dict[str, float]:
+def score(kind, predictions, features: Features, examples, label_map, *, max_answer_len=30, n_best=20,
+          punct: str = "include") -> dict[str, float]:
     """Task metrics from `predictions` (numpy, concatenated over all N features, padding rows dropped).
 
     classification/pos: accuracy; ner: span F1/precision/recall + token accuracy; parsing: UAS/LAS with
@@ -238,7 +239,8 @@ def score(kind, predictions, features: Features, examples, label_map, *, max_ans
         rels = [[inv.get(int(r), "") for r in s] for s in _word_predictions(predictions["rels"], features, examples, -1)]
         gold_heads = [list(e.heads) for e in examples]
         gold_rels = [[strip_subtype(r) for r in e.deprels] for e in examples]
-        return metrics.attachment_scores(heads, rels, gold_heads, gold_rels, punct="include")
+        upos = [list(e.upos) for e in examples] if punct == "exclude" else None
+        return metrics.attachment_scores(heads, rels, gold_heads, gold_rels, upos=upos, punct=punct)
     if kind == "qa":
         return metrics.squad_scores(_decode_qa(predictions, features, examples, max_answer_len, n_best), examples)
     raise ValueError(f"unknown task kind {kind!r}; expected one of {', '.join(KINDS)}")

@@ -1,0 +1,116 @@
+"""The relearning pipeline end to end on a tiny lab: each stage trains only its groups, assembly takes
+each group from the right run, complete stages are skipped, and bad input stops with one line."""
+
+from __future__ import annotations
+
+import json
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+import pytest
+
+from xlplastic.checkpoint import latest_state_dir
+from xlplastic.config import load_config
+from xlplastic.errors import UserError
+from xlplastic.stages import run_pipeline
+
+OVER = [
+    "lab.words=120", "lab.sentences=900", "lab.test_sentences=60",
+    "model.num_layers=1", "model.hidden_size=32", "model.num_heads=2", "model.mlp_dim=64",
+    "data.tokenizer.vocab_size=300", "data.eval_sequences=8", "mesh.data=-1",
+    "train.steps=12", "train.batch_size=8", "train.progress=false", "train.log_every=1",
+    "pipeline.models.forgetting.forgetting.every=5",
+    "pipeline.budgets=[3000]",
+    "pipeline.task_adapt.train.steps=6", "pipeline.language_adapt.train.steps=6",
+    "task.max_train_examples=200",
+]
+
+
+def _params(run_dir):
+    state_dir, _ = latest_state_dir(run_dir)
+    return ocp.PyTreeCheckpointer().restore(state_dir)["params"]
+
+
+def _eq(a, b):
+    return all(np.array_equal(x, y) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
+
+
+def _without(p, *keys):
+    return {k: v for k, v in p.items() if k not in keys}
+
+
+@pytest.fixture(scope="module")
+def experiment(tmp_path_factory, request):
+    root = request.config.rootpath
+    cfg = load_config(root / "configs/quickstart.yaml", OVER)
+    d = tmp_path_factory.mktemp("pipeline")
+    result = run_pipeline(cfg, d)
+    return cfg, d, result
+
+
+def test_stages_train_only_their_groups(experiment):
+    _, d, _ = experiment
+    pre = _params(d / "pretrain/forgetting-s0")
+    task = _params(d / "task_adapt/forgetting-s0")
+    lang = _params(d / "language_adapt/forgetting-s0/syn_perm-3000")
+    # task adaptation: token embeddings (and the unused MLM head) frozen bit for bit, the body trained
+    assert np.array_equal(task["token_embed"], pre["token_embed"])
+    assert _eq(task["mlm_head"], pre["mlm_head"])
+    assert not np.array_equal(task["layer_0"]["mlp"]["in_kernel"], pre["layer_0"]["mlp"]["in_kernel"])
+    assert "task_head" in task
+    # language adaptation: everything but the (re-drawn, new-vocabulary) token embeddings is the pretrained model
+    assert _eq(_without(lang, "token_embed", "mlm_head"), _without(pre, "token_embed", "mlm_head"))
+    assert _eq(_without(lang["mlm_head"], "output_bias"), _without(pre["mlm_head"], "output_bias"))
+    new_bias, old_bias = lang["mlm_head"]["output_bias"], pre["mlm_head"]["output_bias"]
+    if new_bias.shape == old_bias.shape:  # same vocabulary size: kept (and frozen), as the reference does
+        assert np.array_equal(new_bias, old_bias)
+    else:  # another size: fresh zeros, frozen
+        assert not np.any(new_bias)
+    assert lang["token_embed"].shape[0] != pre["token_embed"].shape[0] or not np.array_equal(lang["token_embed"], pre["token_embed"])
+
+
+def test_assembly_takes_each_group_from_its_source(experiment):
+    _, d, _ = experiment
+    task = _params(d / "task_adapt/standard-s0")
+    lang = _params(d / "language_adapt/standard-s0/syn_perm-3000")
+    both = _params(d / "evaluate/standard-s0/syn_perm-3000")
+    assert np.array_equal(both["token_embed"], lang["token_embed"])
+    assert _eq(both["task_head"], task["task_head"])
+    assert _eq(_without(both, "token_embed", "mlm_head"), _without(task, "token_embed", "mlm_head"))
+
+
+def test_results_rows_resets_and_report(experiment):
+    _, d, result = experiment
+    rows = result.results["summary"]
+    ev = [r for r in rows if r["stage"] == "evaluate"]
+    assert {(r["model"], r["language"], r["metric"]) for r in ev} == {
+        ("standard", "syn_perm", "accuracy"), ("forgetting", "syn_perm", "accuracy")}
+    assert all(set(r) >= {"model", "stage", "task", "language", "metric", "value"} for r in rows)
+    saved = json.loads((d / "results.json").read_text())
+    assert saved["summary"] == rows
+    metrics = [json.loads(l) for l in (d / "pretrain/forgetting-s0/metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in metrics if r.get("reset")] == [5, 10]
+    report = (d / "report.md").read_text()
+    assert "pretrain_loss.png" in report and (d / "pretrain_loss.png").is_file()
+
+
+def test_rerun_skips_complete_stages(experiment, capsys):
+    cfg, d, result = experiment
+    before = (d / "evaluate/standard-s0/syn_perm-3000/results.json").stat().st_mtime_ns
+    again = run_pipeline(cfg, d)
+    out = capsys.readouterr().out
+    assert out.count("complete, skipped") == 8
+    assert (d / "evaluate/standard-s0/syn_perm-3000/results.json").stat().st_mtime_ns == before
+    assert again.results["summary"] == result.results["summary"]
+
+
+def test_assembly_refuses_embeddings_of_another_tokenizer(experiment, tmp_path):
+    """Pointing the evaluation at the source tokenizer while taking target-language embeddings fails."""
+    from xlplastic.finetune import run_task
+
+    cfg, d, _ = experiment
+    ecfg = load_config(d / "evaluate/standard-s0/syn_perm-3000/config.yaml",
+                       [f"data.tokenizer.path={d / 'pretrain/standard-s0/tokenizer.json'}"])
+    with pytest.raises(UserError, match="another tokenizer|shape"):
+        run_task(ecfg, tmp_path / "bad", stage="evaluate")
