@@ -28,9 +28,20 @@ def _distributed_init(args) -> None:
         jax.distributed.initialize()  # auto-detection: Cloud TPU pods, SLURM, Open MPI
 
 
+def _compilation_cache() -> None:
+    """Persistent XLA compilation cache (a pipeline compiles the same programs in several stages, and
+    reruns compile nothing); JAX_COMPILATION_CACHE_DIR overrides the place, an empty value turns it off."""
+    import jax
+
+    where = os.environ.get("JAX_COMPILATION_CACHE_DIR", str(Path.home() / ".cache" / "xlplastic" / "jax-compile"))
+    if where:
+        jax.config.update("jax_compilation_cache_dir", where)
+
+
 def _cmd_run(args) -> int:
     from xlplastic.config import load_config
 
+    _compilation_cache()
     cfg = load_config(args.config, args.set)
     _distributed_init(args)
     run_dir = Path(args.run_dir) if args.run_dir else Path("runs") / cfg.name

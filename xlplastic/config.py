@@ -225,6 +225,7 @@ class TaskConfig(_Strict):
     max_query_len: int = 64
     max_answer_len: int = 30
     punct: Literal["include", "exclude"] = "include"  # parsing: score punctuation (CoNLL 2018) or not
+    pooling: Literal["bos", "mean"] = "bos"  # classification: the bos state (RoBERTa) or the mean over tokens
 
 
 class LabLanguageConfig(_Strict):

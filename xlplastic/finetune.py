@@ -46,19 +46,25 @@ def task_objective(cfg: Config, kind: str, num_labels: int, pad: int, batch_ndim
     def head_of(params):
         return model_lib.merge(graphdef, abstract_state, params["task_head"])
 
+    mean_pool = cfg.task is not None and cfg.task.pooling == "mean"
+
+    def with_pool(batch):
+        return {**batch, "pool_mask": batch["tokens"] != pad} if mean_pool else batch
+
     def hidden(encoder, tokens, key):
         return encoder.encode(tokens, (tokens != pad).sum(-1).astype(jnp.int32), dropout_key=key)
 
     def loss(encoder, params, batch, key):
         k_enc, k_head = jax.random.split(key) if key is not None else (None, None)
-        loss_sum, count, correct = head_loss(kind, head_of(params), hidden(encoder, batch["tokens"], k_enc), batch, k_head)
+        h = hidden(encoder, batch["tokens"], k_enc)
+        loss_sum, count, correct = head_loss(kind, head_of(params), h, with_pool(batch), k_head)
         return loss_sum, (count, correct)
 
     def extra_params():
         return {"task_head": nnx.to_pure_dict(nnx.state(create_head(kind, cfg.model, num_labels, seed), nnx.Param))}
 
     def predict(encoder, params, batch):
-        return head_predict(kind, head_of(params), hidden(encoder, batch["tokens"], None), batch)
+        return head_predict(kind, head_of(params), hidden(encoder, batch["tokens"], None), with_pool(batch))
 
     objective = Objective(
         batch_ndims=batch_ndims,

@@ -125,16 +125,19 @@ def run_pipeline(cfg: Config, run_dir: str | Path, *, only: list[str] | None = N
 
     try:
         for seed in pcfg.seeds:
-            for m, m_over in pcfg.models.items():
+            for m, m_pre in pcfg.models.items():
+                # A model variant is a way of PRETRAINING: its whole partial config applies there; later stages
+                # take only its architecture (`model:`), so every variant is adapted and evaluated identically.
+                m_over = {k: v for k, v in m_pre.items() if k == "model"}
                 tag = f"{m}-s{seed}"
                 common = {"name": m, "train": {"seed": seed}}
                 p_dir = Path(pcfg.pretrained[m]).resolve() if m in pcfg.pretrained else run_dir / "pretrain" / tag
                 if m not in pcfg.pretrained:
                     stage("pretrain", p_dir,
-                          lambda: _stage_config(base, m_over, pcfg.pretrain, common, mlm, source=f"pipeline pretrain {tag}"),
+                          lambda: _stage_config(base, pcfg.pretrain, m_pre, common, mlm, source=f"pipeline pretrain {tag}"),
                           lambda c, d: run(c, d), {"model": m, "seed": seed})
                 curves["pretrain"][f"{m}/s{seed}"] = _metric_rows(p_dir)
-                pcfg_m = _stage_config(base, m_over, pcfg.pretrain, common, source=tag)
+                pcfg_m = _stage_config(base, pcfg.pretrain, m_pre, common, source=tag)
                 from xlplastic.forgetting import reset_steps
 
                 curves["reset_steps"][f"{m}/s{seed}"] = reset_steps(pcfg_m.forgetting, pcfg_m.train.steps)

@@ -51,7 +51,8 @@ class _Dense(nnx.Module):
 
 
 class ClassificationHead(nnx.Module):
-    """RoBERTa's head: dropout, dense D->D + tanh on the bos state, dropout, out D->labels."""
+    """RoBERTa's head: dropout, dense D->D + tanh on the bos state (or the mean over `pool_mask`), dropout,
+    out D->labels."""
 
     def __init__(self, cfg: ModelConfig, n: int, rngs: nnx.Rngs):
         pd, std, D = _DTYPES[cfg.param_dtype], cfg.init_std, cfg.hidden_size
@@ -61,7 +62,12 @@ class ClassificationHead(nnx.Module):
 
     def __call__(self, h_BxTxD, batch, key):
         k1, k2 = _keys(key, 2)
-        x = jnp.tanh(self.dense(dropout(h_BxTxD[:, 0].astype(f32), self.rate, k1)))
+        if "pool_mask" in batch:  # mean over the tokens (task.pooling: mean) instead of the bos state
+            m_BxT = batch["pool_mask"].astype(f32)
+            pooled = (h_BxTxD.astype(f32) * m_BxT[..., None]).sum(1) / jnp.maximum(m_BxT.sum(1, keepdims=True), 1.0)
+        else:
+            pooled = h_BxTxD[:, 0].astype(f32)
+        x = jnp.tanh(self.dense(dropout(pooled, self.rate, k1)))
         return self.out(dropout(x, self.rate, k2))  # [B, L]
 
 
