@@ -228,3 +228,34 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, env):
     # and everything logged is finite (the diverged step is reported, not logged)
     for r in (json.loads(l) for l in (d / "metrics.jsonl").read_text().splitlines()):
         assert all(math.isfinite(v) for v in r.values() if isinstance(v, float)), r
+
+
+# ---------------------------------------------------------------------------------------------
+# task data (a task run reads and checks its files before building a model)
+
+
+def _task_config(tmp_path, train: str, test: str, kind: str = "classification"):
+    return _write(
+        tmp_path / "task.yaml",
+        f"base: {TINY}\ndata:\n  data_dir: {tmp_path}\n"
+        f"task: {{name: t, kind: {kind}, train: {train}, test: {{xx: {test}}}, seq_len: 32}}\n",
+    )
+
+
+def test_malformed_task_tsv_names_file_and_line(tmp_path, env):
+    _write(tmp_path / "train.tsv", "label\ttext\na\tfine line\nb\tone\ttoo many\n")
+    cfg = _task_config(tmp_path, "train.tsv", "train.tsv")
+    assert_one_line_error(run_cli(run_cmd(cfg, tmp_path / "run"), env), f"{tmp_path / 'train.tsv'}:3")
+
+
+def test_test_labels_missing_from_training(tmp_path, env):
+    _write(tmp_path / "train.tsv", "label\ttext\na\tone line\nb\tanother line\n")
+    _write(tmp_path / "test.tsv", "label\ttext\na\tone line\nzebra\tunseen label\n")
+    cfg = _task_config(tmp_path, "train.tsv", "test.tsv")
+    assert_one_line_error(run_cli(run_cmd(cfg, tmp_path / "run"), env), "test.tsv", "zebra", "training data")
+
+
+def test_malformed_conllu_names_file_and_line(tmp_path, env):
+    _write(tmp_path / "train.conllu", "1\tA\t_\tDET\t_\t_\t0\troot\t_\t_\n2\tdog\t_\tNOUN\n\n")
+    cfg = _task_config(tmp_path, "train.conllu", "train.conllu", kind="pos")
+    assert_one_line_error(run_cli(run_cmd(cfg, tmp_path / "run"), env), f"{tmp_path / 'train.conllu'}:2")

@@ -149,7 +149,9 @@ def run_task(cfg: Config, run_dir: str | Path, *, stage: str = "task_adapt", sto
 
     evals: dict[str, tuple[list, feats.Features]] = {}
     for lang, path in ([("dev", task.dev)] if task.dev else []) + sorted(task.test.items()):
-        ex = readers.read_task(task.kind, str(resolve_path(path, dd)), language=None, max_examples=task.max_eval_examples)
+        # Multi-language files (the original XNLI TSV/JSONL) keep the rows of that language; others are read whole.
+        keep = task.language if lang == "dev" else lang
+        ex = readers.read_task(task.kind, str(resolve_path(path, dd)), language=keep, max_examples=task.max_eval_examples)
         if task.kind != "qa":
             readers.check_labels(label_map, ex, str(resolve_path(path, dd)))
         evals[lang] = (ex, featurize(ex))
