@@ -184,7 +184,7 @@ def test_token_budget_and_cache(tmp_path, bpe):
     cfg = _data_cfg(tmp_path, kind="synthetic", max_tokens=3000)
     (lang,) = build_corpora(cfg, bpe, tmp_path / "cache")
     assert lang.num_tokens == 3000
-    assert (~np.isin(np.concatenate([lang.train, lang.eval]), [0, 1, 2])).sum() == 3000
+    assert (~np.isin(lang.train, [0, 1, 2])).sum() == 3000  # the budget counts training tokens only
     assert lang.eval.shape == (2, 32) and lang.train.dtype == np.int32
     files = sorted(p.name for p in (tmp_path / "cache").iterdir())
     again = build_corpora(cfg, bpe, tmp_path / "cache")[0]
@@ -194,6 +194,9 @@ def test_token_budget_and_cache(tmp_path, bpe):
     np.testing.assert_array_equal(again.eval, lang.eval)
     other = build_corpora(_data_cfg(tmp_path, kind="synthetic", max_tokens=2000), bpe, tmp_path / "cache")[0]
     assert other.num_tokens == 2000 and len(list((tmp_path / "cache").iterdir())) == 2 * len(files)
+    # the held-out rows are the same whatever the budget, and never overlap the training rows
+    np.testing.assert_array_equal(other.eval, lang.eval)
+    assert not set(map(bytes, lang.eval)) & set(map(bytes, lang.train))
 
 
 def test_token_budget_short_warns(tmp_path, bpe, caplog):
@@ -223,9 +226,10 @@ def test_real_english_ud(tmp_path, bpe):
     (lang,) = build_corpora(cfg, bpe, tmp_path)
     assert lang.num_tokens == 5000
     rows = np.concatenate([lang.train, lang.eval])
-    assert (~np.isin(rows, [0, 1, 2])).sum() == 5000  # content tokens = the budget
+    assert (~np.isin(lang.train, [0, 1, 2])).sum() == 5000  # training content tokens = the budget
     assert len(lang.eval) == 4 and len(rows) >= 5000 // 62
-    assert (lang.train[:, 0] == 0).all() and (lang.train[:, -1] == 2).all()
+    assert (lang.train[:, 0] == 0).all() and (lang.train[:-1, -1] == 2).all()  # the last row may be padded
+    assert (lang.eval[:, 0] == 0).all() and (lang.eval[:, -1] == 2).all()
 
 
 # ---------------------------------------------------------------------------------------------

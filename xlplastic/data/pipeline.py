@@ -26,7 +26,7 @@ from xlplastic.errors import UserError
 
 log = logging.getLogger(__name__)
 
-_CACHE_VERSION = 2  # bump when the packing or cache layout changes
+_CACHE_VERSION = 3  # bump when the packing or cache layout changes
 _ENCODE_BATCH = 1024  # documents per `encode_batch` call
 
 
@@ -109,12 +109,8 @@ def pack_documents(token_lists: Iterable[Sequence[int]], seq_len: int, bos: int,
 # Tokenize + cache
 
 
-def _token_docs(corpus: CorpusConfig, tok: Tokenizer, data_dir: str | None, count: list[int]) -> Iterator[np.ndarray]:
-    """Token ids per document, stopping once `max_tokens` content tokens are read (last doc cut).
-
-    `count[0]` holds the content tokens yielded so far (read it after the generator is exhausted).
-    """
-    budget = corpus.max_tokens
+def _token_docs(corpus: CorpusConfig, tok: Tokenizer, data_dir: str | None) -> Iterator[np.ndarray]:
+    """Token ids per document (content tokens only), read in batches."""
     batch: list[str] = []
 
     def encoded():
@@ -122,26 +118,55 @@ def _token_docs(corpus: CorpusConfig, tok: Tokenizer, data_dir: str | None, coun
             yield np.asarray(enc.ids, dtype=np.int32)
         batch.clear()
 
-    def texts():
-        for text in iter_texts(corpus, data_dir):
-            batch.append(text)
-            if len(batch) >= _ENCODE_BATCH:
-                yield from encoded()
-        if batch:
+    for text in iter_texts(corpus, data_dir):
+        batch.append(text)
+        if len(batch) >= _ENCODE_BATCH:
             yield from encoded()
+    if batch:
+        yield from encoded()
 
-    for ids in texts():
-        if budget is not None and count[0] + len(ids) >= budget:
-            ids = ids[: budget - count[0]]
-            count[0] += len(ids)
-            yield ids
-            return
-        count[0] += len(ids)
-        yield ids
-    if budget is not None:
-        log.warning(
-            "corpus %s has only %d tokens, fewer than max_tokens=%d; using all of it", corpus.language, count[0], budget
-        )
+
+def _pack_split(docs: Iterable[np.ndarray], cfg: DataConfig, corpus: CorpusConfig, sp, train_sink) -> tuple[np.ndarray, int, int]:
+    """Held-out rows first, then training rows under the token budget.
+
+    The packed stream (documents, each followed by a separator) gives its first `eval_sequences` rows to
+    evaluation and the rest to training, so the held-out set is the same for every budget (as in the
+    reference's low-data runs) and `max_tokens` counts training tokens only (the last document is cut).
+    Returns (eval rows, number of training rows, training content tokens).
+    """
+    body = cfg.seq_len - 2
+    need = cfg.eval_sequences * body
+    held: list[np.ndarray] = []
+    packer = RowPacker(cfg.seq_len, sp.bos, sp.eos, sp.pad, train_sink)
+    budget, count = corpus.max_tokens, 0
+    for ids in docs:
+        if need > 0:
+            stream = np.concatenate([ids, [sp.eos]]).astype(np.int32)
+            held.append(stream[:need])
+            need -= len(held[-1])
+            ids = stream[len(held[-1]) : -1]  # the document's remainder (its separator comes from the packer)
+            if len(ids) == 0:
+                continue
+        if budget is not None and count + len(ids) >= budget:
+            ids = ids[: budget - count]
+            count += len(ids)
+            packer.add(ids)
+            break
+        count += len(ids)
+        packer.add(ids)
+    else:
+        if budget is not None:
+            log.warning(
+                "corpus %s has only %d training tokens, fewer than max_tokens=%d; using all of it",
+                corpus.language, count, budget,
+            )
+    n_train = packer.finish()
+    stream = np.concatenate(held) if held else np.zeros(0, np.int32)
+    n_eval = len(stream) // body
+    rows = np.full((n_eval, cfg.seq_len), sp.pad, np.int32)
+    rows[:, 0], rows[:, -1] = sp.bos, sp.eos
+    rows[:, 1:-1] = stream[: n_eval * body].reshape(n_eval, body)
+    return rows, n_train, count
 
 
 def _cache_key(corpus: CorpusConfig, tok: Tokenizer, cfg: DataConfig) -> str:
@@ -168,27 +193,27 @@ def _build_one(corpus: CorpusConfig, tok: Tokenizer, cfg: DataConfig, cache_dir:
         cache_dir.mkdir(parents=True, exist_ok=True)
         sp = special_tokens(tok)
         tmp = rows_p.with_name(f"{rows_p.name}.tmp{os.getpid()}")
-        count = [0]
         with open(tmp, "wb") as f:  # rows stream to disk: memory stays bounded for any corpus size
-            packer = RowPacker(cfg.seq_len, sp.bos, sp.eos, sp.pad, lambda rows: f.write(rows.tobytes()))
-            for ids in _token_docs(corpus, tok, cfg.data_dir, count):
-                packer.add(ids)
-            n = packer.finish()
-        need = cfg.eval_sequences + 1
-        if n < need:
-            tmp.unlink()
-            raise UserError(
-                f"corpus `{corpus.language}` ({corpus.path or corpus.name or corpus.kind}) gives {n} "
-                f"sequences of {cfg.seq_len} tokens; expected at least {need} (1 train + {cfg.eval_sequences} eval)"
-            )
+            held, n, count = _pack_split(_token_docs(corpus, tok, cfg.data_dir), cfg, corpus, sp,
+                                         lambda rows: f.write(rows.tobytes()))
+            if len(held) < cfg.eval_sequences or n < 1:
+                f.close()
+                tmp.unlink()
+                raise UserError(
+                    f"corpus `{corpus.language}` ({corpus.path or corpus.name or corpus.kind}) gives {len(held) + n} "
+                    f"sequences of {cfg.seq_len} tokens; expected at least {cfg.eval_sequences + 1} "
+                    f"(1 train + {cfg.eval_sequences} eval)"
+                )
+            f.write(held.tobytes())  # held-out rows go last in the file: rows[:train] | rows[train:]
+        n_rows = n + len(held)
         os.replace(tmp, rows_p)
-        meta = dict(language=corpus.language, num_tokens=count[0], rows=n, seq_len=cfg.seq_len, train=n - cfg.eval_sequences)
+        meta = dict(language=corpus.language, num_tokens=count, rows=n_rows, seq_len=cfg.seq_len, train=n)
         tmp_meta = meta_p.with_name(f"{meta_p.name}.tmp{os.getpid()}")
         tmp_meta.write_text(json.dumps(meta))
         os.replace(tmp_meta, meta_p)
     meta = json.loads(meta_p.read_text())
     rows = np.memmap(rows_p, dtype=np.int32, mode="r", shape=(int(meta["rows"]), int(meta["seq_len"])))
-    split = int(meta["train"])  # the last eval_sequences rows are held out
+    split = int(meta["train"])  # the held-out rows (the stream's first) are stored last
     return PackedLanguage(language=corpus.language, train=rows[:split], eval=rows[split:], num_tokens=int(meta["num_tokens"]))
 
 
