@@ -85,7 +85,13 @@ def train_tokenizer(texts: Iterable[str], cfg: TokenizerConfig) -> Tokenizer:
     """Trains a `cfg.kind` tokenizer on at most `cfg.train_max_lines` texts."""
     tok, trainer = _BUILDERS[cfg.kind](cfg)
     lines = itertools.islice(texts, cfg.train_max_lines) if cfg.train_max_lines is not None else texts
-    tok.train_from_iterator(lines, trainer=trainer)
+    try:
+        tok.train_from_iterator(lines, trainer=trainer)
+    except Exception as e:  # the Rust trainer raises a bare Exception (e.g. unigram: too few pieces for the alphabet)
+        raise UserError(
+            f"tokenizer training ({cfg.kind}, vocab_size {cfg.vocab_size}) failed: {str(e).strip() or type(e).__name__}; "
+            "expected a vocabulary large enough for the corpus' characters (raise vocab_size)"
+        ) from None
     if tok.get_vocab_size() <= len(ROBERTA_SPECIALS):
         raise UserError(f"tokenizer training ({cfg.kind}) learnt no vocabulary; expected non-empty training text")
     return tok
