@@ -114,3 +114,21 @@ def test_assembly_refuses_embeddings_of_another_tokenizer(experiment, tmp_path):
                        [f"data.tokenizer.path={d / 'pretrain/standard-s0/tokenizer.json'}"])
     with pytest.raises(UserError, match="another tokenizer|shape"):
         run_task(ecfg, tmp_path / "bad", stage="evaluate")
+
+
+def test_task_run_resumes_to_the_same_result(experiment, tmp_path):
+    """A task-adaptation run stopped midway (as SIGTERM would) and rerun equals an uninterrupted one."""
+    from xlplastic.finetune import run_task
+
+    _, d, _ = experiment
+    cfg = load_config(d / "task_adapt/standard-s0/config.yaml")
+    full = run_task(cfg, tmp_path / "full")
+    part = run_task(cfg, tmp_path / "resumed", stop_at=3)
+    assert part.interrupted and part.final_step == 3
+    again = run_task(cfg, tmp_path / "resumed")
+
+    def losses(r):
+        return [json.loads(l)["loss"] for l in (r.run_dir / "metrics.jsonl").read_text().splitlines()]
+
+    assert losses(again) == losses(full)
+    assert again.results["scores"] == full.results["scores"]

@@ -9,6 +9,7 @@ trainable groups, checkpoints and resume behave identically. Batches are a pure 
 from __future__ import annotations
 
 import json
+import signal
 import time
 from pathlib import Path
 
@@ -186,6 +187,13 @@ def run_task(cfg: Config, run_dir: str | Path, *, stage: str = "task_adapt", sto
     progress = Progress(tcfg.steps, start, enabled=tcfg.progress and is_main() and tcfg.steps > 0)
     order = _Order(len(train_f.arrays["tokens"]), tcfg.batch_size, tcfg.seed) if train_f else None
     pending = None
+    stop = {"signal": None}
+
+    def on_signal(signum, _frame):
+        stop["signal"] = signum
+
+    # SIGTERM/SIGINT: finish the step, save a checkpoint, exit; a rerun resumes there (as MLM runs do).
+    old_handlers = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
     try:
         with jax.transfer_guard("disallow"):
             for s in range(start + 1, tcfg.steps + 1):
@@ -195,12 +203,14 @@ def run_task(cfg: Config, run_dir: str | Path, *, stage: str = "task_adapt", sto
                 if pending is not None:
                     _log_row(*pending, metrics_log, progress, tcfg)
                 pending = (s, dev)
-                if (cfg.checkpoint.every and s % cfg.checkpoint.every == 0 and s != tcfg.steps) or s == stop_at:
+                halt = stop["signal"] is not None or s == stop_at
+                if (cfg.checkpoint.every and s % cfg.checkpoint.every == 0 and s != tcfg.steps) or halt:
                     _log_row(*pending, metrics_log, progress, tcfg)
                     pending = None
                     ckpt.save(s, state, meta)
-                if s == stop_at:
-                    return RunResult(run_dir, s, {}, interrupted=True)
+                if halt:
+                    log(f"stopped at step {s}; checkpoint saved, rerun the same command to resume")
+                    return RunResult(run_dir, s, {"signal": stop["signal"]}, interrupted=True)
             if pending is not None:
                 _log_row(*pending, metrics_log, progress, tcfg)
         if tcfg.steps > start:
@@ -208,6 +218,8 @@ def run_task(cfg: Config, run_dir: str | Path, *, stage: str = "task_adapt", sto
         elif tcfg.steps == 0 and start == 0:
             ckpt.save(0, state, meta)  # an assembled model is a checkpoint too (analysis, later stages)
     finally:
+        for sig, h in old_handlers.items():
+            signal.signal(sig, h)
         progress.close()
         ckpt.close()
         metrics_log.close()
