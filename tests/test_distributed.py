@@ -67,7 +67,9 @@ def test_two_processes_preempt_resume_and_agree_with_one(tmp_path_factory, tmp_p
     assert "mesh: data=2 x fsdp=1 x tensor=1" in outs[0].stdout and "stopped at step" in outs[0].stdout
     assert "mesh:" not in outs[1].stdout  # process 1 trains but reports nothing
     steps = checkpoint_steps(d)
-    assert len(steps) == 2 and steps[0] == 10 and 12 <= steps[1] < STEPS, steps  # both stopped at one step
+    # the periodic checkpoint before the stop (every 10; keep=2), and the one both processes agreed to stop at
+    # (how far they get past step 12 before the sync point sees the signal depends on the machine's speed)
+    assert len(steps) == 2 and steps[0] % 10 == 0 and steps[0] < steps[1] and 12 <= steps[1] < STEPS, steps
     state = d / "checkpoints" / str(steps[1]) / "state"
     assert (state / "ocdbt.process_0").is_dir() and (state / "ocdbt.process_1").is_dir()  # both wrote it
 
