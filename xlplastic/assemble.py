@@ -10,7 +10,6 @@ assembly is "from the task-adapted run, token embeddings from the language-adapt
 from __future__ import annotations
 
 import jax
-import numpy as np
 
 from xlplastic import checkpoint as ckpt_lib
 from xlplastic.config import InitConfig
@@ -21,10 +20,13 @@ from xlplastic.groups import path_str
 _INIT_STREAM = 0x1A17
 
 
-def compose_params(icfg: InitConfig, params: dict, labels: dict, shardings: dict, *, seed: int, pad_id: int,
+def compose_params(icfg: InitConfig, params: dict, trainer, *, seed: int, pad_id: int,
                    tokenizer_sha: str | None = None, log=print) -> dict:
-    """`params` (this run's fresh, sharded initialisation) with each group replaced as `icfg` says."""
+    """`params` (this run's fresh, sharded initialisation by `trainer`) with each group replaced as `icfg` says."""
+    labels, shardings = trainer.labels, trainer.param_shardings
     flat_labels = {path_str(p): g for p, g in jax.tree_util.tree_leaves_with_path(labels)}
+    flat_axes = {path_str(p): a for p, a in
+                 jax.tree_util.tree_leaves_with_path(trainer.axes, is_leaf=lambda x: isinstance(x, tuple))}
     abstract = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), params, shardings)
     sources: dict[str, list[str]] = {}  # run -> groups it provides
     for g in sorted(set(flat_labels.values())):
@@ -56,7 +58,7 @@ def compose_params(icfg: InitConfig, params: dict, labels: dict, shardings: dict
             if tuple(there) != tuple(here):
                 # A new vocabulary changes vocabulary-sized leaves (e.g. the MLM output bias): those start fresh,
                 # unless they were asked for explicitly, in which case the vocabularies must agree.
-                if not explicit and "vocab" in key_axes_hint(key):
+                if not explicit and "vocab" in flat_axes[key]:
                     kept.append(key)
                     return False
                 raise UserError(
@@ -78,11 +80,6 @@ def compose_params(icfg: InitConfig, params: dict, labels: dict, shardings: dict
     return out
 
 
-def key_axes_hint(key: str) -> tuple[str, ...]:
-    """Vocabulary-sized leaves by name: the token embedding and the MLM output bias."""
-    return ("vocab",) if key in ("token_embed", "mlm_head/output_bias") else ()
-
-
 def _overlay(base: dict, top: dict) -> dict:
     out = dict(base)
     for k, v in top.items():
@@ -101,7 +98,3 @@ def _check_tokenizer(run: str, tokenizer_sha: str) -> None:
             f"({tokenizer_sha[:12]}); expected the tokenizer of the language-adapted run"
         )
 
-
-def same_tree(a: dict, b: dict) -> bool:
-    """Bitwise equality of two parameter trees (tests, and a cheap check that a stage froze what it should)."""
-    return all(np.array_equal(np.asarray(x), np.asarray(y)) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))

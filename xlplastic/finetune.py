@@ -178,7 +178,7 @@ def run_task(cfg: Config, run_dir: str | Path, *, stage: str = "task_adapt", sto
         log(f"resumed task run from step {start}")
     else:
         state, start = trainer.init(), 0
-        state["params"] = compose_params(cfg.init, state["params"], trainer.labels, trainer.param_shardings,
+        state["params"] = compose_params(cfg.init, state["params"], trainer,
                                          seed=tcfg.seed, pad_id=sp.pad, tokenizer_sha=_sha(tokenizer.to_str()), log=log)
     if is_main():
         (run_dir / "config.yaml").write_text(dump_config(cfg), encoding="utf-8")

@@ -14,7 +14,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from xlplastic.config import ForgettingConfig, InitConfig
+from xlplastic.config import ForgettingConfig
 
 _RESET_STREAM = 0x0F0E  # folded into the run's key: reset draws never collide with masking/dropout
 
@@ -134,7 +134,3 @@ def make_reset(fcfg: ForgettingConfig, total_steps: int, labels, tx, base_key, p
 
     return maybe_reset
 
-
-def reinit_for_new_language(params, labels, icfg: InitConfig, key, pad_id: int):
-    """The relearning pipeline's first step: `icfg.reinit` groups drawn N(0, std), pad row zero."""
-    return redraw_groups(params, labels, tuple(icfg.reinit), key, rule="normal", std=icfg.std, pad_id=pad_id)

@@ -175,7 +175,7 @@ def run(
         if icfg.from_run or icfg.groups_from or icfg.reinit:
             from xlplastic.assemble import compose_params
 
-            state["params"] = compose_params(icfg, state["params"], trainer.labels, trainer.param_shardings,
+            state["params"] = compose_params(icfg, state["params"], trainer,
                                              seed=tcfg.seed, pad_id=specials.pad, tokenizer_sha=_sha(tokenizer.to_str()), log=log)
     if is_main():  # only once the run is known to fit this folder: a refused resume keeps the old config.yaml
         (run_dir / "config.yaml").write_text(dump_config(cfg), encoding="utf-8")

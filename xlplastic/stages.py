@@ -21,6 +21,7 @@ from typing import Any
 
 from xlplastic.config import Config, _deep_merge, dump_config, validate
 from xlplastic.errors import UserError
+from xlplastic.forgetting import reset_steps
 from xlplastic.run import RunResult, _write_json, barrier, is_main, log
 
 STAGES = ("pretrain", "task_adapt", "language_adapt", "evaluate")
@@ -132,15 +133,11 @@ def run_pipeline(cfg: Config, run_dir: str | Path, *, only: list[str] | None = N
                 tag = f"{m}-s{seed}"
                 common = {"name": m, "train": {"seed": seed}}
                 p_dir = Path(pcfg.pretrained[m]).resolve() if m in pcfg.pretrained else run_dir / "pretrain" / tag
+                pre_cfg = _stage_config(base, pcfg.pretrain, m_pre, common, mlm, source=f"pipeline pretrain {tag}")
                 if m not in pcfg.pretrained:
-                    stage("pretrain", p_dir,
-                          lambda: _stage_config(base, pcfg.pretrain, m_pre, common, mlm, source=f"pipeline pretrain {tag}"),
-                          lambda c, d: run(c, d), {"model": m, "seed": seed})
+                    stage("pretrain", p_dir, lambda: pre_cfg, lambda c, d: run(c, d), {"model": m, "seed": seed})
                 curves["pretrain"][f"{m}/s{seed}"] = _metric_rows(p_dir)
-                pcfg_m = _stage_config(base, pcfg.pretrain, m_pre, common, source=tag)
-                from xlplastic.forgetting import reset_steps
-
-                curves["reset_steps"][f"{m}/s{seed}"] = reset_steps(pcfg_m.forgetting, pcfg_m.train.steps)
+                curves["reset_steps"][f"{m}/s{seed}"] = reset_steps(pre_cfg.forgetting, pre_cfg.train.steps)
                 p_tok = str(p_dir / "tokenizer.json")
                 t_dir = run_dir / "task_adapt" / tag
                 task_over = {"init": {"from_run": str(p_dir)},

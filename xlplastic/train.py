@@ -51,10 +51,8 @@ class Trainer:
     eval_step: Callable[[dict, dict], dict]
     merge: Callable[[dict], model_lib.Encoder]  # encoder module from the params dict (ignores extra heads)
     param_shardings: dict
+    axes: dict  # logical axis names per parameter (same structure as the params)
     trainable: frozenset[str]
-
-    def apply_model(self, params) -> model_lib.Encoder:
-        return self.merge(params)
 
 
 def _mlm_sums(model: model_lib.Encoder, masked, tokens_BxT, lang_B, pad: int, dropout_key):
@@ -272,5 +270,6 @@ def build_trainer(
         eval_step=eval_fn,
         merge=merge,
         param_shardings=param_shardings,
+        axes=axes,
         trainable=trainable,
     )

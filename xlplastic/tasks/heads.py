@@ -17,9 +17,8 @@ from flax import nnx
 
 from xlplastic.config import ModelConfig
 from xlplastic.model import _DTYPES, _param, dropout
-from xlplastic.tasks.features import Features, encode, num_labels, score  # re-exported: the whole task API in one place
 
-__all__ = ["Features", "encode", "num_labels", "create_head", "head_loss", "head_predict", "score"]
+__all__ = ["create_head", "head_loss", "head_predict"]
 
 NEG = -1e9  # logit of an impossible choice (finite: no NaN in log_softmax)
 f32 = jnp.float32
