@@ -15,7 +15,7 @@ from xlplastic import checkpoint as ckpt_lib
 from xlplastic.config import InitConfig
 from xlplastic.errors import UserError
 from xlplastic.forgetting import redraw_groups
-from xlplastic.groups import path_str
+from xlplastic.groups import base_group, path_str, selects
 
 _INIT_STREAM = 0x1A17
 
@@ -30,20 +30,20 @@ def compose_params(icfg: InitConfig, params: dict, trainer, *, seed: int, pad_id
     abstract = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), params, shardings)
     sources: dict[str, list[str]] = {}  # run -> groups it provides
     for g in sorted(set(flat_labels.values())):
-        if g in icfg.reinit:
+        if any(selects(s, g) for s in icfg.reinit):
             continue
-        run = icfg.groups_from.get(g, icfg.from_run)
+        run = _source(icfg, g)
         if run is not None:
             sources.setdefault(run, []).append(g)
-    unknown = sorted(set(icfg.groups_from) - set(flat_labels.values()))
+    unknown = sorted(s for s in icfg.groups_from if not any(selects(s, g) for g in flat_labels.values()))
     if unknown:
         raise UserError(f"init.groups_from names group(s) {', '.join(unknown)} that this model does not have; "
                         f"expected some of {', '.join(sorted(set(flat_labels.values())))}")
 
     out = params
     for run, groups in sources.items():
-        explicit = run != icfg.from_run or any(g in icfg.groups_from for g in groups)
-        if tokenizer_sha and "token_embedding" in groups:
+        explicit = run != icfg.from_run or any(selects(s, g) for s in icfg.groups_from for g in groups)
+        if tokenizer_sha and any(base_group(g) == "token_embedding" for g in groups):
             _check_tokenizer(run, tokenizer_sha)
         kept: list[str] = []
 
@@ -52,7 +52,7 @@ def compose_params(icfg: InitConfig, params: dict, trainer, *, seed: int, pad_id
             if g not in groups:
                 return False
             if there is None:
-                if g == "task_head":
+                if base_group(g) == "task_head":
                     return False  # a new head for this run's task
                 raise UserError(f"{run}: checkpoint has no parameter `{key}` (group {g}); expected a model of the same architecture")
             if tuple(there) != tuple(here):
@@ -78,6 +78,13 @@ def compose_params(icfg: InitConfig, params: dict, trainer, *, seed: int, pad_id
         )(out)
         log(f"init: {', '.join(icfg.reinit)} drawn fresh, N(0, {icfg.std}), pad row zero")
     return out
+
+
+def _source(icfg: InitConfig, label: str) -> str | None:
+    """The run a leaf label comes from: `groups_from` by exact label, then by its group, else `from_run`."""
+    if label in icfg.groups_from:
+        return icfg.groups_from[label]
+    return icfg.groups_from.get(base_group(label), icfg.from_run)
 
 
 def _overlay(base: dict, top: dict) -> dict:

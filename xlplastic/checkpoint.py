@@ -19,13 +19,24 @@ import orbax.checkpoint as ocp
 from xlplastic.errors import UserError
 
 # Model fields that change parameter shapes: a checkpoint must agree on all of them.
-SHAPE_KEYS = ("hidden_size", "num_layers", "num_heads", "mlp_dim", "max_positions", "type_vocab_size", "num_languages", "norm")
+SHAPE_KEYS = ("hidden_size", "num_layers", "num_heads", "mlp_dim", "max_positions", "type_vocab_size", "num_languages", "norm",
+              "languages", "separate")
+# What a checkpoint written before a key existed is taken to have (those keys did not change shapes then).
+_SHAPE_DEFAULTS = {"languages": [], "separate": {"embeddings": False, "positions": None, "layers": 0, "frozen_in_tasks": True}}
+
+
+def _shape_value(model: dict, key: str):
+    v = model.get(key, _SHAPE_DEFAULTS.get(key))
+    if key == "separate" and isinstance(v, dict):  # only what changes parameter shapes
+        emb = bool(v.get("embeddings"))
+        return (emb, emb if v.get("positions") is None else bool(v["positions"]), int(v.get("layers") or 0))
+    return v
 
 
 def make_meta(vocab_size: int, model_cfg: dict[str, Any], tokenizer_sha: str | None, extra: dict | None = None) -> dict:
     return {
         "vocab_size": int(vocab_size),
-        "model": {k: model_cfg[k] for k in SHAPE_KEYS},
+        "model": {k: model_cfg.get(k, _SHAPE_DEFAULTS.get(k)) for k in SHAPE_KEYS},
         "tokenizer_sha": tokenizer_sha,
         **(extra or {}),
     }
@@ -39,7 +50,8 @@ def check_compatible(found: dict, expected: dict, where: str) -> None:
             f"{expected['vocab_size']}; expected the tokenizer this checkpoint was trained with"
         )
     for k in SHAPE_KEYS:
-        if found.get("model", {}).get(k) != expected["model"][k]:
+        there, here = _shape_value(found.get("model", {}), k), _shape_value(expected["model"], k)
+        if there != here:
             raise UserError(
                 f"{where}: checkpoint has model.{k}={found.get('model', {}).get(k)!r} but the config asks for "
                 f"{expected['model'][k]!r}; expected matching model shapes"

@@ -37,6 +37,25 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True, validate_assignment=True)
 
 
+class SeparateConfig(_Strict):
+    """Language-specific copies of parameters ("Sep" in Conneau, Wu et al., 2020): each language of
+    `model.languages` gets its own token embeddings (hence its own tied softmax), position embeddings
+    and bottom `layers` transformer layers; every other parameter is shared."""
+
+    embeddings: bool = False  # token embeddings (and the tied output projection) per language
+    positions: bool | None = None  # position embeddings per language; None = as `embeddings` (the paper's Sep Emb)
+    layers: int = 0  # the bottom N transformer layers per language (Sep L1-N)
+    frozen_in_tasks: bool = True  # task fine-tuning leaves language-specific copies untouched (as the paper)
+
+    @property
+    def any(self) -> bool:
+        return self.embeddings or bool(self.positions) or self.layers > 0
+
+    @property
+    def position_copies(self) -> bool:
+        return self.embeddings if self.positions is None else self.positions
+
+
 class ModelConfig(_Strict):
     """Encoder shape and numerics. `vocab_size: null` takes the tokenizer's size."""
 
@@ -49,6 +68,10 @@ class ModelConfig(_Strict):
     max_positions: int = 514
     type_vocab_size: int = 0  # 0 = no token-type embedding (RoBERTa/XLM-R), 2 = BERT
     num_languages: int = 0  # 0 = no language embedding (XLM-style when > 0)
+    # The model's languages in order: a batch's `lang` ids index this list (corpora of other names are an
+    # error). Needed by `separate`; empty = the corpora's order.
+    languages: list[str] = Field(default_factory=list)
+    separate: SeparateConfig = Field(default_factory=SeparateConfig)
     norm: Literal["post", "pre"] = "post"  # post-LN is BERT/RoBERTa; pre-LN trains more stably when deep
     dropout: float = 0.1
     attention_dropout: float = 0.1
@@ -65,7 +88,21 @@ class ModelConfig(_Strict):
             raise ValueError(
                 f"hidden_size {self.hidden_size} must be divisible by num_heads {self.num_heads}"
             )
+        bad = [l for l in self.languages if not re.fullmatch(r"[A-Za-z0-9_]+", l)]
+        if bad or len(set(self.languages)) != len(self.languages):
+            raise ValueError(f"languages {self.languages}: expected distinct names of letters, digits or _")
+        if self.separate.any and len(self.languages) < 2:
+            raise ValueError("separate parameters need model.languages to list at least two languages")
+        if not 0 <= self.separate.layers <= self.num_layers:
+            raise ValueError(f"separate.layers is {self.separate.layers}; expected 0..num_layers ({self.num_layers})")
+        if self.num_languages and self.languages and self.num_languages != len(self.languages):
+            raise ValueError(f"num_languages {self.num_languages} but {len(self.languages)} languages are listed; expected equal")
         return self
+
+    @property
+    def uses_language_ids(self) -> bool:
+        """Whether the forward pass needs each row's language (language embeddings or separate copies)."""
+        return bool(self.num_languages) or self.separate.any
 
 
 PRESETS: dict[str, dict[str, int]] = {
@@ -99,6 +136,19 @@ class MeshConfig(_Strict):
     )
 
 
+class CodeSwitchConfig(_Strict):
+    """Extra anchors by dictionary code-switching (Conneau, Wu et al., 2020): each word of the corpus that
+    the dictionary knows becomes one of its translations with probability `rate`, but at most
+    `max_share` of the words of each block of `block_words` words (about one batch) are switched."""
+
+    dictionary: str  # MUSE format, `src tgt` per line (relative to data.data_dir); several lines per word = choices
+    reverse: bool = False  # use the dictionary tgt -> src (for the other language's corpus)
+    rate: float = 0.3
+    max_share: float = 0.15
+    block_words: int = 4096
+    seed: int = 0
+
+
 class CorpusConfig(_Strict):
     """One text source. `kind` picks the reader; `max_tokens` caps it ("first N tokens")."""
 
@@ -112,6 +162,7 @@ class CorpusConfig(_Strict):
     streaming: bool = False
     max_tokens: int | None = None
     max_lines: int | None = None
+    code_switch: CodeSwitchConfig | None = None  # MLM training text only (tokenizers see the original)
     # synthetic source: a generated class-bigram language (see xlplastic/data/synthetic.py)
     synthetic_sentences: int = 2000
     synthetic_words: int = 300
@@ -127,6 +178,10 @@ class TokenizerConfig(_Strict):
     lowercase: bool = False
     min_frequency: int = 2
     train_max_lines: int | None = 1_000_000
+    # Multilingual layouts (Conneau, Wu et al., 2020; see xlplastic/data/vocabulary.py): one tokenizer per
+    # language (`vocab_size` each) instead of a joint one, and whether languages share ids (anchors).
+    per_language: bool = False
+    anchors: Literal["shared", "none"] = "shared"
 
 
 class DataConfig(_Strict):
@@ -138,6 +193,7 @@ class DataConfig(_Strict):
     mask_prob: float = 0.15
     mask_token_prob: float = 0.8
     random_token_prob: float = 0.1
+    random_within_language: bool = False  # random replacements drawn from the row's language's own tokens
     cache_dir: str | None = None  # tokenized/packed corpus cache; default <run_dir>/data_cache
     data_dir: str | None = None  # root for relative corpus paths (e.g. ../shared/data)
 
@@ -190,7 +246,7 @@ class ForgettingConfig(_Strict):
     def _check(self) -> "ForgettingConfig":
         from xlplastic.groups import GROUPS
 
-        unknown = [g for g in self.groups if g not in GROUPS]
+        unknown = [g for g in self.groups if g.split("@", 1)[0] not in GROUPS]
         if unknown:
             raise ValueError(f"unknown parameter group(s) {', '.join(unknown)}; expected some of {', '.join(GROUPS)}")
         if self.every < 0:
@@ -273,6 +329,38 @@ class PipelineConfig(_Strict):
     pretrained: dict[str, str] = Field(default_factory=dict)  # model name -> existing run dir: skip its pretraining
 
 
+class DictionaryConfig(_Strict):
+    """A MUSE-format dictionary pair for word translation: fit a mapping on `train`, test on `test`."""
+
+    train: str | None = None  # e.g. dict.en-fr.0-5000.txt (null: no mapping is fitted, direct retrieval only)
+    test: str  # e.g. dict.en-fr.5000-6500.txt
+
+
+class AnalysisConfig(_Strict):
+    """Cross-lingual structure of one or two models (Conneau, Wu et al., 2020; see docs/analysis.md).
+
+    Sides: with one model, each language of `languages` after the first is compared with the first;
+    with two models, model 1 in `languages[0]` with model 2 in each language (its own language when a
+    single language is given: two models on the same text)."""
+
+    languages: list[str] = Field(default_factory=list)  # [source, target, ...]; empty = the parallel file's columns
+    parallel: str | None = None  # TSV with a header naming the languages (lab parallel.*.tsv, PUD)
+    parallel_files: dict[str, str] = Field(default_factory=dict)  # or: language -> line-aligned text file
+    max_sentences: int = 1000
+    fit_share: float = 0.5  # first share of the parallel sentences fits the Procrustes maps; the rest is evaluated
+    alignment: str | None = None  # Pharaoh `i-j` file, line-aligned with the parallel sentences (source-target)
+    retrieval: dict[str, list[str]] = Field(default_factory=dict)  # "src-tgt" -> [src file, tgt file] (Tatoeba)
+    dictionaries: dict[str, DictionaryConfig] = Field(default_factory=dict)  # "src-tgt" -> MUSE train/test
+    word_corpus: dict[str, str] = Field(default_factory=dict)  # language -> text whose occurrences average word vectors
+    max_word_sentences: int = 5000
+    layers: list[int] | None = None  # representation layers (0 = embeddings); null = all
+    batch_size: int = 32
+    seq_len: int | None = None  # null = the model's data.seq_len
+    debiased: bool = False  # debiased CKA (unbiased HSIC)
+    csls_k: int = 10
+    every: int = 0  # during MLM training: CKA and retrieval on `parallel` every N steps (0 = off)
+
+
 class CheckpointConfig(_Strict):
     every: int = 0  # 0 = only at the end (and on SIGTERM/SIGINT)
     keep: int = 3
@@ -292,6 +380,34 @@ class Config(_Strict):
     lab: LabConfig | None = None
     task: TaskConfig | None = None  # set: this run fine-tunes a task head instead of masked-LM training
     pipeline: PipelineConfig | None = None  # set: `xlplastic run` runs the relearning pipeline
+    analysis: AnalysisConfig | None = None  # `xlplastic analyze`, and the periodic hook during training
+
+    def languages(self) -> list[str]:
+        """The model's languages in order: `model.languages`, else the corpora's languages as they first appear."""
+        if self.model.languages:
+            return list(self.model.languages)
+        return list(dict.fromkeys(c.language for c in self.data.corpora))
+
+    def language_index(self, language: str | None) -> int:
+        """A language's id in batches (`lang`); unknown names are errors when the model needs ids."""
+        langs = self.languages()
+        if language in langs:
+            return langs.index(language)
+        if self.model.uses_language_ids:
+            raise UserError(f"language `{language}` is not one of the model's languages ({', '.join(langs)}); "
+                            "expected model.languages to list it")
+        return 0
+
+    @property
+    def batch_has_language(self) -> bool:
+        """Whether MLM batches carry each row's language id (the model or the masking needs it)."""
+        return self.model.uses_language_ids or self.data.random_within_language
+
+    def corpus_language_ids(self):
+        """int32 [num corpora]: each corpus' language id (the sampler's `lang` is a corpus index)."""
+        import numpy as np
+
+        return np.array([self.language_index(c.language) for c in self.data.corpora], dtype=np.int32)
 
     @model_validator(mode="after")
     def _check(self) -> "Config":

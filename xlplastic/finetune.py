@@ -24,6 +24,7 @@ from xlplastic.assemble import compose_params
 from xlplastic.config import Config, TaskConfig, dump_config
 from xlplastic.data.sources import resolve_path
 from xlplastic.data.tokenizers import special_tokens
+from xlplastic.data.vocabulary import for_language
 from xlplastic.errors import UserError
 from xlplastic.metrics import MetricsLog, Progress
 from xlplastic.run import RunResult, _finite_or_raise, _sha, _write_json, is_main, log, prepare_tokenizer
@@ -52,12 +53,13 @@ def task_objective(cfg: Config, kind: str, num_labels: int, pad: int, batch_ndim
     def with_pool(batch):
         return {**batch, "pool_mask": batch["tokens"] != pad} if mean_pool else batch
 
-    def hidden(encoder, tokens, key):
-        return encoder.encode(tokens, (tokens != pad).sum(-1).astype(jnp.int32), dropout_key=key)
+    def hidden(encoder, batch, key):
+        tokens = batch["tokens"]
+        return encoder.encode(tokens, (tokens != pad).sum(-1).astype(jnp.int32), lang_B=batch.get("lang"), dropout_key=key)
 
     def loss(encoder, params, batch, key):
         k_enc, k_head = jax.random.split(key) if key is not None else (None, None)
-        h = hidden(encoder, batch["tokens"], k_enc)
+        h = hidden(encoder, batch, k_enc)
         loss_sum, count, correct = head_loss(kind, head_of(params), h, with_pool(batch), k_head)
         return loss_sum, (count, correct)
 
@@ -65,7 +67,7 @@ def task_objective(cfg: Config, kind: str, num_labels: int, pad: int, batch_ndim
         return {"task_head": nnx.to_pure_dict(nnx.state(create_head(kind, cfg.model, num_labels, seed), nnx.Param))}
 
     def predict(encoder, params, batch):
-        return head_predict(kind, head_of(params), hidden(encoder, batch["tokens"], None), with_pool(batch))
+        return head_predict(kind, head_of(params), hidden(encoder, batch, None), with_pool(batch))
 
     objective = Objective(
         batch_ndims=batch_ndims,
@@ -144,9 +146,15 @@ def run_task(cfg: Config, run_dir: str | Path, *, stage: str = "task_adapt", sto
                         "task-adapted run (its labels.json); expected a fine-tuned model")
     n_labels = feats.num_labels(task.kind, label_map)
 
-    def featurize(examples):
-        return feats.encode(task.kind, examples, tokenizer, sp, task.seq_len, label_map,
-                            doc_stride=task.doc_stride, max_query_len=task.max_query_len)
+    source = task.language or cfg.languages()[0]
+
+    def featurize(examples, language):
+        """Features in `language`'s tokenization, with each row's language id when the model needs it."""
+        f = feats.encode(task.kind, examples, for_language(tokenizer, language), sp, task.seq_len, label_map,
+                         doc_stride=task.doc_stride, max_query_len=task.max_query_len)
+        if cfg.model.uses_language_ids:
+            f.arrays["lang"] = np.full(len(f.arrays["tokens"]), cfg.language_index(language), np.int32)
+        return f
 
     evals: dict[str, tuple[list, feats.Features]] = {}
     for lang, path in ([("dev", task.dev)] if task.dev else []) + sorted(task.test.items()):
@@ -155,8 +163,8 @@ def run_task(cfg: Config, run_dir: str | Path, *, stage: str = "task_adapt", sto
         ex = readers.read_task(task.kind, str(resolve_path(path, dd)), language=keep, max_examples=task.max_eval_examples)
         if task.kind != "qa":
             readers.check_labels(label_map, ex, str(resolve_path(path, dd)))
-        evals[lang] = (ex, featurize(ex))
-    train_f = featurize(train_ex) if train_ex else None
+        evals[lang] = (ex, featurize(ex, source if lang == "dev" else lang))
+    train_f = featurize(train_ex, source) if train_ex else None
 
     mesh = make_mesh(cfg.mesh, devices)
     check_batch(tcfg.batch_size, mesh, tcfg.grad_accum)

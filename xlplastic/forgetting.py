@@ -15,6 +15,7 @@ import jax.numpy as jnp
 import optax
 
 from xlplastic.config import ForgettingConfig
+from xlplastic.groups import base_group, selects
 
 _RESET_STREAM = 0x0F0E  # folded into the run's key: reset draws never collide with masking/dropout
 
@@ -91,8 +92,8 @@ def redraw_groups(params, labels, groups, key, *, rule: str, std: float, pad_id:
     names = jax.tree.leaves(labels)
     out = []
     for i, (x, g) in enumerate(zip(leaves, names)):
-        if g in groups:
-            pad = pad_id if g == "token_embedding" else None
+        if any(selects(s, g) for s in groups):
+            pad = pad_id if base_group(g) == "token_embedding" else None
             x = redraw(jax.random.fold_in(key, i), x, rule=rule, std=std, pad_row=pad)
         out.append(x)
     return jax.tree.unflatten(treedef, out)
@@ -104,7 +105,8 @@ def restart_group_states(opt_state, fresh_state, groups):
 
     def swap(node, fresh):
         if isinstance(node, optax.transforms.PartitionState):
-            inner = {g: (fresh.inner_states[g] if g in groups else s) for g, s in node.inner_states.items()}
+            inner = {g: (fresh.inner_states[g] if any(selects(x, g) for x in groups) else s)
+                     for g, s in node.inner_states.items()}
             return node._replace(inner_states=inner)
         return node
 

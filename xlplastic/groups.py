@@ -3,6 +3,10 @@
 The optimizer is `optax.multi_transform` over these labels, so the same labelling later serves
 forgetting (reset group G and its optimizer state), relearning stages (which groups train) and
 assembly (take group G from checkpoint A). First matching pattern wins.
+
+A language-specific copy (`lang_<l>/...`, see `model.separate`) is labelled `<group>@<l>`: a selector
+naming the plain group (`token_embedding`) covers every language's copy too, one naming `group@l` only
+that copy, so forgetting, trainable groups and assembly need no special case for separate parameters.
 """
 
 from __future__ import annotations
@@ -32,6 +36,35 @@ DEFAULT_RULES: tuple[tuple[str, str], ...] = (
 )
 
 
+_LANG_PREFIX = re.compile(r"^lang_([^/]+)/(.*)$")
+
+
+def base_group(label: str) -> str:
+    """`body@fr` -> `body`; a shared label is its own base."""
+    return label.split("@", 1)[0]
+
+
+def selects(selector: str, label: str) -> bool:
+    """Whether a group selector (`body`, or `body@fr` for one language's copy) covers a leaf label."""
+    return selector == label or selector == base_group(label)
+
+
+def select_labels(selectors, labels) -> frozenset[str]:
+    """The labels (of those present) that any of `selectors` covers."""
+    present = set(jax.tree.leaves(labels)) if isinstance(labels, dict) else set(labels)
+    return frozenset(l for l in present if any(selects(s, l) for s in selectors))
+
+
+def check_selectors(selectors, where: str) -> None:
+    """Unknown group names are config errors (a typo would silently select nothing)."""
+    from xlplastic.errors import UserError
+
+    unknown = sorted({s for s in selectors if base_group(s) not in GROUPS})
+    if unknown:
+        raise UserError(f"{where} names unknown parameter group(s) {', '.join(unknown)}; expected some of "
+                        f"{', '.join(GROUPS)} (optionally `group@language` for one language's copy)")
+
+
 def path_str(path) -> str:
     return "/".join(str(getattr(k, "key", getattr(k, "idx", k))) for k in path)
 
@@ -42,9 +75,11 @@ def label_params(params, rules=DEFAULT_RULES) -> dict:
 
     def label(path, _):
         s = path_str(path)
+        m = _LANG_PREFIX.match(s)
+        inner, suffix = (m.group(2), f"@{m.group(1)}") if m else (s, "")
         for pattern, group in compiled:
-            if pattern.search(s):
-                return group
+            if pattern.search(inner):
+                return group + suffix
         raise ValueError(f"parameter {s!r} matches no parameter-group rule")
 
     return jax.tree_util.tree_map_with_path(label, params)

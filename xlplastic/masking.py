@@ -43,7 +43,13 @@ def mask_tokens(
     mask_prob: float = 0.15,
     mask_token_prob: float = 0.8,
     random_token_prob: float = 0.1,
+    lang_B=None,
+    random_ids_LxM=None,
+    random_counts_L=None,
 ) -> Masked:
+    """With `random_ids_LxM` (row l: the ids language l uses, first `random_counts_L[l]` valid) and each
+    row's language `lang_B`, random replacements are drawn from the row's own language only (Conneau,
+    Wu et al.: random-word replacement within one language)."""
     B, T = tokens_BxT.shape
     P = max_predictions(T, mask_prob)
     k_pick, k_kind, k_rand = jax.random.split(key, 3)
@@ -61,6 +67,10 @@ def mask_tokens(
     specials = jnp.array(sorted(special_ids), jnp.int32)
     r = jax.random.randint(k_rand, (B, P), 0, vocab_size - len(special_ids))
     r = r + jnp.searchsorted(specials - jnp.arange(len(special_ids)), r, side="right").astype(jnp.int32)
+    if random_ids_LxM is not None:
+        n_B = jnp.asarray(random_counts_L)[lang_B]
+        j = jax.random.randint(k_rand, (B, P), 0, jnp.maximum(n_B, 1)[:, None])
+        r = jnp.asarray(random_ids_LxM)[lang_B[:, None], j].astype(jnp.int32)
     new_BxP = jnp.where(
         u < mask_token_prob, mask_id, jnp.where(u < mask_token_prob + random_token_prob, r, targets_BxP)
     )

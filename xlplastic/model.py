@@ -142,27 +142,77 @@ class MLMHead(nnx.Module):
         self.output_bias = _param(rngs, (vocab_size,), ("vocab",), None, pd)
 
 
+class LanguageParts(nnx.Module):
+    """One language's own copies (`model.separate`): token / position embeddings and bottom layers."""
+
+    def __init__(self, cfg: ModelConfig, vocab_size: int, rngs: nnx.Rngs):
+        pd, std, sep = _DTYPES[cfg.param_dtype], cfg.init_std, cfg.separate
+        if sep.embeddings:
+            self.token_embed = _param(rngs, (vocab_size, cfg.hidden_size), ("vocab", "embed"), std, pd)
+        if sep.position_copies:
+            self.position_embed = _param(rngs, (cfg.max_positions, cfg.hidden_size), ("positions", "embed"), std, pd)
+        for i in range(sep.layers):
+            setattr(self, f"layer_{i}", Block(cfg, rngs))
+
+
 class Encoder(nnx.Module):
+    """Parameters shared by all languages live at the top level; with `model.separate`, each language
+    `l` of `model.languages` has its own copies under `lang_<l>/` (same names), and a row's language
+    (`lang_B`, an index into `model.languages`) picks which copy it goes through."""
+
     def __init__(self, cfg: ModelConfig, vocab_size: int, *, rngs: nnx.Rngs):
         pd, std = _DTYPES[cfg.param_dtype], cfg.init_std
         D = cfg.hidden_size
+        sep = cfg.separate
         self.cfg = cfg
         self.vocab_size = vocab_size
-        self.token_embed = _param(rngs, (vocab_size, D), ("vocab", "embed"), std, pd)
-        self.position_embed = _param(rngs, (cfg.max_positions, D), ("positions", "embed"), std, pd)
+        if not sep.embeddings:
+            self.token_embed = _param(rngs, (vocab_size, D), ("vocab", "embed"), std, pd)
+        if not sep.position_copies:
+            self.position_embed = _param(rngs, (cfg.max_positions, D), ("positions", "embed"), std, pd)
         if cfg.type_vocab_size:
             self.type_embed = _param(rngs, (cfg.type_vocab_size, D), ("types", "embed"), std, pd)
         if cfg.num_languages:
             self.language_embed = _param(rngs, (cfg.num_languages, D), ("languages", "embed"), std, pd)
         self.embed_norm = LayerNorm(cfg, rngs)
-        for i in range(cfg.num_layers):
+        for i in range(sep.layers, cfg.num_layers):
             setattr(self, f"layer_{i}", Block(cfg, rngs))
         if cfg.norm == "pre":
             self.final_norm = LayerNorm(cfg, rngs)
         self.mlm_head = MLMHead(cfg, vocab_size, rngs)
+        if sep.any:
+            for lang in cfg.languages:
+                setattr(self, f"lang_{lang}", LanguageParts(cfg, vocab_size, rngs))
+
+    def _copies(self, name: str) -> list:
+        """The per-language copies of parameter/module `name`, in `model.languages` order."""
+        return [getattr(getattr(self, f"lang_{l}"), name) for l in self.cfg.languages]
+
+    def token_embeddings(self, language: str | None = None):
+        """The token-embedding matrix [V, D] (of `language` when embeddings are language-specific)."""
+        if not self.cfg.separate.embeddings:
+            return self.token_embed[...]
+        langs = self.cfg.languages
+        if language not in langs:
+            raise ValueError(f"language {language!r}: this model has separate embeddings for {langs}; expected one of them")
+        return getattr(self, f"lang_{language}").token_embed[...]
 
     def layers(self) -> list[Block]:
-        return [getattr(self, f"layer_{i}") for i in range(self.cfg.num_layers)]
+        """The shared blocks (all of them unless the bottom ones are language-specific)."""
+        return [getattr(self, f"layer_{i}") for i in range(self.cfg.separate.layers, self.cfg.num_layers)]
+
+    @staticmethod
+    def _pick(outs: list, lang_B):
+        """Row b of the result is row b of outs[lang_B[b]] (each copy ran on the whole batch)."""
+        y = outs[0]
+        for j, o in enumerate(outs[1:], 1):
+            y = jnp.where((lang_B == j).reshape((-1,) + (1,) * (o.ndim - 1)), o, y)
+        return y
+
+    def _block(self, block, x, lengths_B, key):
+        if self.cfg.remat == "block":
+            return nnx.remat(lambda b, x, l, k: b(x, l, k))(block, x, lengths_B, key)
+        return block(x, lengths_B, key)
 
     def encode(
         self,
@@ -180,8 +230,19 @@ class Encoder(nnx.Module):
         T = tokens_BxT.shape[1]
         if T > cfg.max_positions:
             raise ValueError(f"sequence length {T} exceeds model.max_positions {cfg.max_positions}")
-        x = jnp.take(self.token_embed[...], tokens_BxT, axis=0).astype(jnp.float32)
-        x = x + self.position_embed[...][:T].astype(jnp.float32)[None]
+        sep = cfg.separate
+        if sep.any and lang_B is None:
+            raise ValueError("this model has language-specific parameters (model.separate); expected lang_B")
+        if sep.embeddings:  # one gather from the stacked copies: row b reads language lang_B[b]'s matrix
+            E_LxVxD = jnp.stack(self._copies("token_embed"))
+            x = E_LxVxD[lang_B[:, None], tokens_BxT].astype(jnp.float32)
+        else:
+            x = jnp.take(self.token_embed[...], tokens_BxT, axis=0).astype(jnp.float32)
+        if sep.position_copies:
+            P_LxTxD = jnp.stack([p[:T] for p in self._copies("position_embed")])
+            x = x + jnp.take(P_LxTxD, lang_B, axis=0).astype(jnp.float32)
+        else:
+            x = x + self.position_embed[...][:T].astype(jnp.float32)[None]
         if cfg.type_vocab_size:
             types_BxT = jnp.zeros_like(tokens_BxT) if types_BxT is None else types_BxT
             x = x + jnp.take(self.type_embed[...], types_BxT, axis=0).astype(jnp.float32)
@@ -191,26 +252,35 @@ class Encoder(nnx.Module):
         x_BxTxD = dropout(self.embed_norm(x).astype(dt), cfg.dropout, keys[0])
         x_BxTxD = constrain(x_BxTxD, ("batch", "length", "embed"))
         hidden = [x_BxTxD]
-        for block, key in zip(self.layers(), keys[1:]):
-            if cfg.remat == "block":
-                x_BxTxD = nnx.remat(lambda b, x, l, k: b(x, l, k))(block, x_BxTxD, lengths_B, key)
-            else:
-                x_BxTxD = block(x_BxTxD, lengths_B, key)
+        for i in range(sep.layers):  # language-specific bottom layers: every copy runs, each row keeps its own
+            outs = [self._block(b, x_BxTxD, lengths_B, keys[1 + i]) for b in self._copies(f"layer_{i}")]
+            x_BxTxD = self._pick(outs, lang_B)
+            hidden.append(x_BxTxD)
+        for block, key in zip(self.layers(), keys[1 + sep.layers:]):
+            x_BxTxD = self._block(block, x_BxTxD, lengths_B, key)
             hidden.append(x_BxTxD)
         if cfg.norm == "pre":
             x_BxTxD = self.final_norm(x_BxTxD)
             hidden[-1] = x_BxTxD
         return (x_BxTxD, hidden) if return_hidden else x_BxTxD
 
-    def mlm_logits(self, h_BxPxD):
-        """Vocabulary logits (float32) for the given positions only: the projection is tied to token_embed."""
+    def mlm_logits(self, h_BxPxD, lang_B=None):
+        """Vocabulary logits (float32) for the given positions only: the projection is tied to the token
+        embeddings (with separate embeddings, each row's own language's matrix: a separate softmax)."""
         head = self.mlm_head
         dt = h_BxPxD.dtype
         h = h_BxPxD @ head.kernel[...].astype(dt) + head.bias[...].astype(dt)
         h = head.norm(jax.nn.gelu(h, approximate=False))
-        logits_BxPxV = jnp.einsum(
-            "bpd,vd->bpv", h, self.token_embed[...].astype(dt), preferred_element_type=jnp.float32
-        )
+
+        def project(E_VxD):
+            return jnp.einsum("bpd,vd->bpv", h, E_VxD.astype(dt), preferred_element_type=jnp.float32)
+
+        if self.cfg.separate.embeddings:
+            if lang_B is None:
+                raise ValueError("this model has language-specific embeddings; expected lang_B")
+            logits_BxPxV = self._pick([project(E) for E in self._copies("token_embed")], lang_B)
+        else:
+            logits_BxPxV = project(self.token_embed[...])
         return logits_BxPxV + head.output_bias[...].astype(jnp.float32)
 
 

@@ -8,8 +8,7 @@ import jax
 import optax
 
 from xlplastic.config import Config, OptimizerConfig, ScheduleConfig
-from xlplastic.errors import UserError
-from xlplastic.groups import GROUPS, decay_mask
+from xlplastic.groups import check_selectors, decay_mask, select_labels
 
 
 def make_schedule(opt: OptimizerConfig, sch: ScheduleConfig, total_steps: int) -> optax.Schedule:
@@ -60,7 +59,7 @@ def make_group_lrs(cfg: Config, total_steps: int) -> Callable[[Any], dict[str, A
 
         peak = opt.lr if fcfg.lr is None else fcfg.lr
         episode = episode_schedule(fcfg, peak, episode_warmup(fcfg, sch.warmup_steps, total_steps), total_steps)
-        own = {g: episode for g in fcfg.groups}
+        own = {g: episode for g in fcfg.groups}  # `token_embedding@fr` falls back to `token_embedding`
 
     def group_lrs(step) -> dict[str, Any]:
         base = main(step)
@@ -70,12 +69,13 @@ def make_group_lrs(cfg: Config, total_steps: int) -> Callable[[Any], dict[str, A
 
 
 def trainable_groups(cfg: Config, labels) -> frozenset[str]:
-    """The groups that train (`train.trainable`, default all); unknown names are config errors."""
+    """The leaf labels that train (`train.trainable` selectors, default all); unknown names are config
+    errors. A task run leaves language-specific copies frozen when `model.separate.frozen_in_tasks`."""
     present = set(jax.tree.leaves(labels))
     want = cfg.train.trainable
-    if want is None:
-        return frozenset(present)
-    unknown = sorted(set(want) - set(GROUPS))
-    if unknown:
-        raise UserError(f"train.trainable names unknown parameter group(s) {', '.join(unknown)}; expected some of {', '.join(GROUPS)}")
-    return frozenset(g for g in want if g in present)
+    if want is not None:
+        check_selectors(want, "train.trainable")
+    out = frozenset(present) if want is None else select_labels(want, present)
+    if cfg.task is not None and cfg.model.separate.frozen_in_tasks:
+        out = frozenset(l for l in out if "@" not in l)
+    return out

@@ -25,11 +25,12 @@ from xlplastic.config import Config, dump_config
 from xlplastic.data.pipeline import StepSampler, build_corpora
 from xlplastic.data.sources import iter_texts
 from xlplastic.data.tokenizers import load_tokenizer, special_tokens, train_tokenizer
+from xlplastic.data.vocabulary import FILENAME as VOCABULARY_FILE
 from xlplastic.errors import UserError
 from xlplastic.metrics import MetricsLog, Progress
 from xlplastic.model import num_params
 from xlplastic.sharding import check_batch, describe, make_mesh, put_global_batch
-from xlplastic.train import Specials, build_trainer
+from xlplastic.train import Specials, build_trainer, mlm_objective
 
 
 class TrainingDiverged(UserError):
@@ -61,9 +62,11 @@ def log(msg: str) -> None:
 
 
 def prepare_tokenizer(cfg: Config, run_dir: Path):
-    """Loads `data.tokenizer.path`, else the run's own tokenizer.json, else trains one (process 0 writes)."""
+    """Loads `data.tokenizer.path`, else the run's own tokenizer.json / vocabulary.json, else trains it
+    (process 0 writes): one tokenizer, or with `per_language` / `anchors: none` a multilingual layout."""
     tcfg = cfg.data.tokenizer
-    own = run_dir / "tokenizer.json"
+    multi = tcfg.per_language or tcfg.anchors == "none"
+    own = run_dir / (VOCABULARY_FILE if multi else "tokenizer.json")
     if tcfg.path:
         path = Path(tcfg.path)
         if not path.is_absolute() and cfg.data.data_dir and not path.exists():
@@ -74,12 +77,15 @@ def prepare_tokenizer(cfg: Config, run_dir: Path):
     settings_path = run_dir / "tokenizer.settings.json"
     settings = {k: v for k, v in tcfg.model_dump(mode="json").items() if k != "path"}
     if is_main() and not own.exists():
-        texts = (t for c in cfg.data.corpora for t in iter_texts(c, cfg.data.data_dir))
-        tok = train_tokenizer(texts, tcfg)
         _write_json(settings_path, settings)
-        tmp = own.with_suffix(".tmp")
-        tok.save(str(tmp))
-        tmp.replace(own)
+        if multi:
+            _train_vocabulary(cfg, run_dir)
+        else:
+            texts = (t for c in cfg.data.corpora for t in iter_texts(c, cfg.data.data_dir))
+            tok = train_tokenizer(texts, tcfg)
+            tmp = own.with_suffix(".tmp")
+            tok.save(str(tmp))
+            tmp.replace(own)
     barrier("tokenizer")  # every process, always: whether the file exists yet depends on timing
     if settings_path.is_file():
         found = json.loads(settings_path.read_text(encoding="utf-8"))
@@ -90,6 +96,43 @@ def prepare_tokenizer(cfg: Config, run_dir: Path):
                     f"for {v!r}; expected the same tokenizer settings to resume this run (or a new --run-dir)"
                 )
     return load_tokenizer(own)
+
+
+def _train_vocabulary(cfg: Config, run_dir: Path) -> None:
+    """Per-language tokenizers (each on its own language's corpora) or one joint tokenizer, laid out
+    as `data.tokenizer.anchors` says, saved as vocabulary.json + tokenizer.<lang>.json."""
+    from xlplastic.data.tokenizers import _round_robin
+    from xlplastic.data.vocabulary import Vocabulary
+
+    tcfg, dd = cfg.data.tokenizer, cfg.data.data_dir
+    langs = cfg.languages()
+    bare = [l for l in langs if not any(c.language == l for c in cfg.data.corpora)]
+    if bare and tcfg.per_language:
+        raise UserError(f"data.tokenizer.per_language: no corpus for language(s) {', '.join(bare)}; "
+                        "expected a data.corpora entry for each of the model's languages")
+    if tcfg.per_language:
+        toks = {l: train_tokenizer(_round_robin([iter_texts(c, dd) for c in cfg.data.corpora if c.language == l]), tcfg)
+                for l in langs}
+    else:
+        joint = train_tokenizer(_round_robin([iter_texts(c, dd) for c in cfg.data.corpora]), tcfg)
+        toks = {l: joint for l in langs}
+    Vocabulary.build(toks, tcfg.anchors).save(run_dir)
+
+
+def language_token_ids(langs, lang_ids: np.ndarray, num_languages: int, specials: Specials, chunk: int = 4096) -> list[np.ndarray]:
+    """Per model language, the sorted non-special token ids its training rows contain (read in chunks
+    of rows from the memory maps, so any corpus size fits)."""
+    seen: list[set] = [set() for _ in range(num_languages)]
+    for packed, l in zip(langs, lang_ids):
+        rows = packed.train
+        for lo in range(0, len(rows), chunk):
+            seen[int(l)].update(np.unique(np.asarray(rows[lo: lo + chunk])).tolist())
+    out = [np.array(sorted(s - set(specials.all_ids)), np.int32) for s in seen]
+    empty = [i for i, ids in enumerate(out) if len(ids) == 0]
+    if empty:
+        raise UserError(f"data.random_within_language: language id(s) {empty} have no training tokens; "
+                        "expected a corpus for each of the model's languages")
+    return out
 
 
 def _sha(text: str) -> str:
@@ -151,12 +194,16 @@ def run(
     tcfg = cfg.train
     sampler = StepSampler(langs, tcfg.batch_size, tcfg.seed, cfg.data.alpha)
     lang_names = [l.language for l in langs]
+    lang_ids = cfg.corpus_language_ids()  # sampler's corpus index -> index into the model's languages
 
     # ---- mesh and compiled functions
     mesh = make_mesh(cfg.mesh, devices)
     check_batch(tcfg.batch_size, mesh, tcfg.grad_accum)
     log(f"mesh: {describe(mesh)}; languages: {', '.join(f'{l.language} ({l.train.shape[0]} seqs)' for l in langs)}")
-    trainer = build_trainer(cfg, mesh, vocab_size, specials)
+    objective = None
+    if cfg.data.random_within_language:
+        objective = mlm_objective(cfg, vocab_size, specials, language_token_ids(langs, lang_ids, len(cfg.languages()), specials))
+    trainer = build_trainer(cfg, mesh, vocab_size, specials, objective)
 
     # ---- state: resume or fresh
     ckpt = ckpt_lib.Checkpointer(run_dir / "checkpoints", keep=cfg.checkpoint.keep, async_save=cfg.checkpoint.async_save)
@@ -251,7 +298,7 @@ def run(
                 # An explicit host->device copy; with several processes JAX routes it through a path the
                 # "disallow" guard would reject, so it is allowed here and only here.
                 with jax.transfer_guard_host_to_device("allow"):
-                    batch = put_global_batch(_batch_arrays(local, cfg), mesh, tcfg.batch_size)
+                    batch = put_global_batch(_batch_arrays(local, cfg, lang_ids), mesh, tcfg.batch_size)
                 state, dev_metrics = trainer.step(state, batch)
                 flush()  # step s-1's metrics, read while step s runs
                 pending = (s, dev_metrics, time.perf_counter())
@@ -311,10 +358,10 @@ def _preempted(step: int) -> bool:
         return False
 
 
-def _batch_arrays(local: dict[str, np.ndarray], cfg: Config) -> dict[str, np.ndarray]:
+def _batch_arrays(local: dict[str, np.ndarray], cfg: Config, lang_ids: np.ndarray) -> dict[str, np.ndarray]:
     out = {"tokens": np.asarray(local["tokens"], np.int32)}
-    if cfg.model.num_languages:
-        out["lang"] = np.asarray(local["lang"], np.int32)
+    if cfg.batch_has_language:
+        out["lang"] = lang_ids[np.asarray(local["lang"])].astype(np.int32)
     return out
 
 
@@ -323,7 +370,8 @@ def _eval_sets(sampler: StepSampler, cfg: Config) -> list[dict]:
     sets = sampler.eval_batches(cfg.train.batch_size, cfg.train.eval_batches, jax.process_index(), jax.process_count())
     if not sets:
         raise UserError("no held-out evaluation batch could be formed; expected data.eval_sequences >= 1")
-    return [_batch_arrays(b, cfg) for b in sets]
+    lang_ids = cfg.corpus_language_ids()
+    return [_batch_arrays(b, cfg, lang_ids) for b in sets]
 
 
 def _results(cfg, rows, eval_rows, step_times, n_params, tokens_per_step, wall, languages) -> dict:

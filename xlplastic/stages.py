@@ -54,6 +54,13 @@ def _with_tests(base: dict, tests: dict[str, str]) -> dict:
     return {**base, "task": {**base["task"], "test": dict(tests)}}
 
 
+def run_tokenizer_path(d: Path) -> Path:
+    """A finished run's tokenizer: its multilingual vocabulary.json if it has one, else tokenizer.json."""
+    from xlplastic.data.vocabulary import FILENAME
+
+    return d / FILENAME if (d / FILENAME).is_file() else d / "tokenizer.json"
+
+
 def _done(d: Path) -> dict | None:
     f = d / "results.json"
     return json.loads(f.read_text(encoding="utf-8")) if f.is_file() else None
@@ -138,7 +145,7 @@ def run_pipeline(cfg: Config, run_dir: str | Path, *, only: list[str] | None = N
                     stage("pretrain", p_dir, lambda: pre_cfg, lambda c, d: run(c, d), {"model": m, "seed": seed})
                 curves["pretrain"][f"{m}/s{seed}"] = _metric_rows(p_dir)
                 curves["reset_steps"][f"{m}/s{seed}"] = reset_steps(pre_cfg.forgetting, pre_cfg.train.steps)
-                p_tok = str(p_dir / "tokenizer.json")
+                p_tok = str(run_tokenizer_path(p_dir))
                 t_dir = run_dir / "task_adapt" / tag
                 task_over = {"init": {"from_run": str(p_dir)},
                              "data": {"tokenizer": {"path": p_tok}}, "train": {"trainable": TASK_TRAINABLE}}

@@ -13,13 +13,14 @@ from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 from flax import nnx
 from jax.sharding import Mesh
 
 from xlplastic import model as model_lib
 from xlplastic.config import Config
-from xlplastic.groups import label_params
+from xlplastic.groups import base_group, label_params
 from xlplastic.masking import mask_tokens
 from xlplastic.forgetting import is_reset, make_reset
 from xlplastic.optim import make_group_lrs, make_optimizer, trainable_groups
@@ -60,7 +61,7 @@ def _mlm_sums(model: model_lib.Encoder, masked, tokens_BxT, lang_B, pad: int, dr
     lengths_B = (tokens_BxT != pad).sum(-1).astype(jnp.int32)
     h_BxTxD = model.encode(masked.inputs_BxT, lengths_B, lang_B=lang_B, dropout_key=dropout_key)
     h_BxPxD = jnp.take_along_axis(h_BxTxD, masked.positions_BxP[..., None], axis=1)
-    logits_BxPxV = model.mlm_logits(h_BxPxD)
+    logits_BxPxV = model.mlm_logits(h_BxPxD, lang_B)
     logp = jax.nn.log_softmax(logits_BxPxV, axis=-1)
     nll_BxP = -jnp.take_along_axis(logp, masked.targets_BxP[..., None], axis=-1)[..., 0]
     w = masked.weights_BxP
@@ -106,7 +107,9 @@ class Objective:
     extra_axes: dict | None = None
 
 
-def mlm_objective(cfg: Config, vocab_size: int, specials: Specials) -> Objective:
+def mlm_objective(cfg: Config, vocab_size: int, specials: Specials, language_ids=None) -> Objective:
+    """Masked LM. `language_ids` (one array of token ids per model language) restricts random
+    replacements to the row's own language (`data.random_within_language`)."""
     dcfg = cfg.data
     mask_kwargs = dict(
         special_ids=specials.all_ids,
@@ -117,13 +120,22 @@ def mlm_objective(cfg: Config, vocab_size: int, specials: Specials) -> Objective
         random_token_prob=dcfg.random_token_prob,
     )
 
+    if language_ids is None and dcfg.random_within_language:
+        raise ValueError("data.random_within_language needs the token ids of each language")
+    if language_ids is not None:
+        width = max(1, max(len(ids) for ids in language_ids))
+        table = np.zeros((len(language_ids), width), np.int32)
+        for l, ids in enumerate(language_ids):
+            table[l, : len(ids)] = ids
+        mask_kwargs.update(random_ids_LxM=table, random_counts_L=np.array([len(i) for i in language_ids], np.int32))
+
     def prepare(key, batch):
-        return {**batch, "masked": mask_tokens(key, batch["tokens"], **mask_kwargs)}
+        return {**batch, "masked": mask_tokens(key, batch["tokens"], lang_B=batch.get("lang"), **mask_kwargs)}
 
     def loss(encoder, params, batch, key):
         return _mlm_sums(encoder, batch["masked"], batch["tokens"], batch.get("lang"), specials.pad, key)
 
-    ndims = {"tokens": 2} | ({"lang": 1} if cfg.model.num_languages else {})
+    ndims = {"tokens": 2} | ({"lang": 1} if cfg.batch_has_language else {})
     return Objective(batch_ndims=ndims, loss=loss, prepare=prepare)
 
 
@@ -178,7 +190,7 @@ def build_trainer(
         def one(p, u, l):
             if l not in trainable:
                 return p  # frozen leaves stay bit-identical
-            return (p + lrs.get(l, lrs["*"]) * u).astype(p.dtype)
+            return (p + lrs.get(l, lrs.get(base_group(l), lrs["*"])) * u).astype(p.dtype)
 
         return jax.tree.map(one, params, updates, labels)
 

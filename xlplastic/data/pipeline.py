@@ -22,6 +22,7 @@ from tokenizers import Tokenizer
 from xlplastic.config import CorpusConfig, DataConfig
 from xlplastic.data.sources import iter_texts, resolve_path
 from xlplastic.data.tokenizers import special_tokens, tokenizer_json
+from xlplastic.data.vocabulary import for_language
 from xlplastic.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -110,7 +111,8 @@ def pack_documents(token_lists: Iterable[Sequence[int]], seq_len: int, bos: int,
 
 
 def _token_docs(corpus: CorpusConfig, tok: Tokenizer, data_dir: str | None) -> Iterator[np.ndarray]:
-    """Token ids per document (content tokens only), read in batches."""
+    """Token ids per document (content tokens only; the corpus language's tokenizer), read in batches."""
+    tok = for_language(tok, corpus.language)
     batch: list[str] = []
 
     def encoded():
@@ -118,7 +120,12 @@ def _token_docs(corpus: CorpusConfig, tok: Tokenizer, data_dir: str | None) -> I
             yield np.asarray(enc.ids, dtype=np.int32)
         batch.clear()
 
-    for text in iter_texts(corpus, data_dir):
+    texts = iter_texts(corpus, data_dir)
+    if corpus.code_switch is not None:
+        from xlplastic.data.codeswitch import code_switch
+
+        texts = code_switch(texts, corpus.code_switch, data_dir)
+    for text in texts:
         batch.append(text)
         if len(batch) >= _ENCODE_BATCH:
             yield from encoded()

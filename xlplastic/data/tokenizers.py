@@ -98,8 +98,13 @@ def train_tokenizer(texts: Iterable[str], cfg: TokenizerConfig) -> Tokenizer:
 
 
 def load_tokenizer(path: str | Path) -> Tokenizer:
-    """A `tokenizer.json` (or a folder holding one) from the `tokenizers` library."""
+    """A `tokenizer.json` (or a folder holding one) from the `tokenizers` library, or a multilingual
+    `vocabulary.json` (see vocabulary.py; it behaves like a tokenizer for special tokens and size)."""
+    from xlplastic.data.vocabulary import is_vocabulary_file, load_vocabulary
+
     p = Path(path).expanduser()
+    if is_vocabulary_file(p):
+        return load_vocabulary(p)
     if p.is_dir():
         p = p / "tokenizer.json"
     if not p.is_file():
