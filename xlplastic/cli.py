@@ -64,6 +64,29 @@ def _cmd_run(args) -> int:
     return 0
 
 
+def _cmd_analyze(args) -> int:
+    """CKA, retrieval, word translation and word alignment of one or two checkpoints (docs/analysis.md)."""
+    from xlplastic.analysis import reps
+    from xlplastic.analysis.runner import analysis_section, analyze
+    from xlplastic.config import load_config
+
+    _compilation_cache()
+    if not 1 <= len(args.runs) <= 2:
+        raise UserError(f"analyze takes one or two run directories, got {len(args.runs)}")
+    names = args.name or []
+    if len(names) > len(args.runs):
+        raise UserError(f"{len(names)} --name values for {len(args.runs)} run(s); expected at most one per run")
+    models = [reps.load_model(r, name=names[i] if i < len(names) else None) for i, r in enumerate(args.runs)]
+    source = Path(args.config) if args.config else models[0].run_dir / "config.yaml"
+    cfg = load_config(source, args.set)
+    acfg = analysis_section(cfg)
+    data_dir = cfg.data.data_dir or models[0].cfg.data.data_dir
+    out = Path(args.run_dir) if args.run_dir else Path("runs") / ("analysis-" + "-".join(m.name for m in models))
+    analyze(models, acfg, out, data_dir)
+    print(f"analysis: results in {out / 'results.json'}, report in {out / 'report.md'}", flush=True)
+    return 0
+
+
 def _cmd_bench(args) -> int:
     rest = list(args.rest) + (["--json", args.json] if args.json else [])
     if args.what == "train":
@@ -74,7 +97,11 @@ def _cmd_bench(args) -> int:
         from xlplastic.bench import memory_bench
 
         return memory_bench.main(rest)
-    raise UserError(f"unknown benchmark {args.what!r}; expected one of: train, memory")
+    if args.what == "analysis":
+        from xlplastic.bench import analysis_bench
+
+        return analysis_bench.main(rest)
+    raise UserError(f"unknown benchmark {args.what!r}; expected one of: train, memory, analysis")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -89,13 +116,21 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--distributed", action="store_true", help="jax.distributed.initialize() with cluster auto-detection (TPU pod, SLURM)")
     r.add_argument("--process-id", type=int)
     r.set_defaults(fn=_cmd_run)
+    a = sub.add_parser("analyze", help="cross-lingual structure of one or two checkpoints: CKA, retrieval, word translation")
+    a.add_argument("runs", nargs="+", metavar="RUN", help="run directories (their latest checkpoint); two = compare models")
+    a.add_argument("--config", help="YAML with an `analysis:` section (default: the first run's config.yaml)")
+    a.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override, e.g. analysis.layers=[0,4]")
+    a.add_argument("--name", action="append", help="a model's name in the results (once per run)")
+    a.add_argument("--run-dir", help="output folder for results.json, figures and report.md")
+    a.set_defaults(fn=_cmd_analyze)
     b = sub.add_parser(
         "bench",
-        help="benchmarks: `train` (tokens/s vs HF PyTorch), `memory` (FSDP per-device state bytes)",
+        help="benchmarks: `train` (tokens/s vs HF PyTorch), `memory` (FSDP per-device state bytes), "
+        "`analysis` (CKA and CSLS kernels vs NumPy)",
         description="Options other than --json go to the benchmark, e.g. `xlplastic bench train --json out.json "
         "--layers 2`; see `xlplastic bench train -- --help`.",
     )
-    b.add_argument("what", choices=["train", "memory"])
+    b.add_argument("what", choices=["train", "memory", "analysis"])
     b.add_argument("--json", help="write the figures to this JSON file")
     b.set_defaults(fn=_cmd_bench)
     return p

@@ -291,6 +291,9 @@ class LabLanguageConfig(_Strict):
     permute: float = 0.0  # share of word types given new, unrelated surface forms (1.0 = no anchors)
     word_order: Literal["same", "reverse", "verb_final"] = "same"
     topics: list[float] | None = None  # topic (domain) distribution of its sentences; None = uniform
+    # further training corpora of the same language from other domains: name -> topic weights, written
+    # as <language>.<name>.train.txt (`lab.sentences` sentences each; e.g. the Wiki-CC setting)
+    domains: dict[str, list[float]] = Field(default_factory=dict)
     seed: int = 1  # draws the new surface forms and this language's sentences
 
 

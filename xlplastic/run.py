@@ -204,6 +204,11 @@ def run(
     if cfg.data.random_within_language:
         objective = mlm_objective(cfg, vocab_size, specials, language_token_ids(langs, lang_ids, len(cfg.languages()), specials))
     trainer = build_trainer(cfg, mesh, vocab_size, specials, objective)
+    probe = None
+    if cfg.analysis is not None and cfg.analysis.every > 0:
+        from xlplastic.analysis.runner import TrainingProbe
+
+        probe = TrainingProbe(cfg, trainer, tokenizer, cfg.data.data_dir)
 
     # ---- state: resume or fresh
     ckpt = ckpt_lib.Checkpointer(run_dir / "checkpoints", keep=cfg.checkpoint.keep, async_save=cfg.checkpoint.async_save)
@@ -312,12 +317,18 @@ def run(
                     flush()
                 if want_eval:
                     evaluate(s)
+                if probe is not None and probe.due(s):
+                    probe_row = probe.dispatch(state["params"], s)  # reads the previous probe, starts this one
+                    if probe_row:
+                        metrics_log.write(probe_row)
                 if want_ckpt and (s != total or stop["signal"] is not None):
                     save(s)
                 if stop["signal"] is not None or s == stop_at:
                     interrupted = True
                     break
             flush()
+        if probe is not None and (probe_row := probe.collect()):
+            metrics_log.write(probe_row)
         if not interrupted:
             if final_step != last_ckpt:
                 save(final_step)

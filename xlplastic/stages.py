@@ -24,7 +24,7 @@ from xlplastic.errors import UserError
 from xlplastic.forgetting import reset_steps
 from xlplastic.run import RunResult, _write_json, barrier, is_main, log
 
-STAGES = ("pretrain", "task_adapt", "language_adapt", "evaluate")
+STAGES = ("pretrain", "analyze", "task_adapt", "language_adapt", "evaluate")
 
 
 def materialize_lab(cfg: Config, run_dir: Path) -> Config:
@@ -144,6 +144,9 @@ def run_pipeline(cfg: Config, run_dir: str | Path, *, only: list[str] | None = N
                 if m not in pcfg.pretrained:
                     stage("pretrain", p_dir, lambda: pre_cfg, lambda c, d: run(c, d), {"model": m, "seed": seed})
                 curves["pretrain"][f"{m}/s{seed}"] = _metric_rows(p_dir)
+                if cfg.analysis is not None:  # cross-lingual structure of the pretrained model
+                    stage("analyze", run_dir / "analyze" / tag, lambda: None,
+                          lambda c, d, p_dir=p_dir, m=m: _analyze_stage(p_dir, m, cfg, d), {"model": m, "seed": seed})
                 curves["reset_steps"][f"{m}/s{seed}"] = reset_steps(pre_cfg.forgetting, pre_cfg.train.steps)
                 p_tok = str(run_tokenizer_path(p_dir))
                 t_dir = run_dir / "task_adapt" / tag
@@ -189,6 +192,15 @@ def run_pipeline(cfg: Config, run_dir: str | Path, *, only: list[str] | None = N
         report = write_pipeline_report(run_dir, cfg.name, rows, curves, notes=_notes(cfg))
         log(f"done: {len(rows)} result rows in {run_dir / 'results.json'}; report: {report}")
     return RunResult(run_dir, 0, results)
+
+
+def _analyze_stage(p_dir: Path, name: str, cfg: Config, out: Path) -> RunResult:
+    """`xlplastic analyze` of a pretrained model as a stage; its headline figures become summary rows."""
+    from xlplastic.analysis import reps
+    from xlplastic.analysis.runner import analyze
+
+    res = analyze([reps.load_model(p_dir, name=name)], cfg.analysis, out, cfg.data.data_dir, log=log)
+    return RunResult(out, 0, res)
 
 
 class _Interrupted(Exception):

@@ -94,6 +94,10 @@ def _spec_error(where: str, spec: LabLanguageConfig) -> str | None:
         return f"{where} ({spec.name}): permute is {p!r}; expected a share of word types in [0, 1]"
     if spec.word_order not in WORD_ORDERS:
         return f"{where} ({spec.name}): word_order is {spec.word_order!r}; expected one of {', '.join(WORD_ORDERS)}"
+    for d, t in spec.domains.items():
+        if not _NAME.fullmatch(d) or len(t) != NUM_TOPICS or not all(math.isfinite(x) and x >= 0 for x in t) or sum(t) <= 0:
+            return (f"{where} ({spec.name}): domains.{d} is {list(t)}; expected a name of letters, digits or _ and "
+                    f"{NUM_TOPICS} non-negative topic weights with a positive sum")
     if spec.topics is not None:
         t = spec.topics
         if len(t) != NUM_TOPICS or not all(math.isfinite(x) and x >= 0 for x in t) or sum(t) <= 0:
@@ -378,6 +382,11 @@ def write_lab(cfg: LabConfig | dict, out_dir: str | Path) -> dict[str, dict[str,
         _write(out / names["topic_test"], _topic_tsv(test.lines, t_top))
         _write(out / names["pos_train"], _conllu(lang, "train", task, topics))
         _write(out / names["pos_test"], _conllu(lang, "test", test, t_top))
+        for d, weights in sorted(spec.domains.items()):  # other domains: their own draws, same language
+            d_rng = np.random.default_rng([spec.seed, _name_key(spec.name), _name_key(d), 0xD0])
+            d_ids, d_len, _ = sample_ids(grammar, cfg.sentences, d_rng, weights)
+            names[f"train_{d}"] = f"{lang.name}.{d}.train.txt"
+            _write(out / names[f"train_{d}"], _lines_text(_render_many(lang, d_ids, d_len, detail=0).lines))
 
         train_ids = ids[: cfg.sentences]
         used = np.zeros(V, dtype=bool)
