@@ -17,7 +17,6 @@ from cli_helpers import assert_one_line_error, cli_env
 from xlplastic.analysis import linear_cka, procrustes, reps
 from xlplastic.analysis.runner import analyze, dictionary_alignment
 from xlplastic.config import AnalysisConfig, validate
-from xlplastic.errors import UserError
 from xlplastic.run import run
 from xlplastic.stages import materialize_lab
 
@@ -163,7 +162,7 @@ def test_oov_dictionary_reports_coverage(lab_models):
 
 
 def test_training_probe_logs_cka_and_retrieval(tmp_path):
-    cfg = _train(tmp_path, "probe", steps=12, extra={"analysis": {**ANALYSIS, "every": 5, "max_sentences": 40}})
+    _train(tmp_path, "probe", steps=12, extra={"analysis": {**ANALYSIS, "every": 5, "max_sentences": 40}})
     rows = [json.loads(l) for l in (tmp_path / "probe" / "metrics.jsonl").read_text().splitlines()]
     probes = [r for r in rows if "probe_cka_l0" in r]
     assert [r["step"] for r in probes] == [5, 10]

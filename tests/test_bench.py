@@ -49,3 +49,19 @@ def test_bench_memory_fsdp_eighth(root, tmp_path):
     assert many <= one / 8 * 1.05, (one, many, data["fsdp"]["replicated_leaves"])
     # both measures agree: compiled argument sizes and the arrays' own shards
     assert data["compiled_state"]["meets_target"] and data["array_state"]["meets_target"]
+
+
+def test_bench_analysis_json(root, tmp_path):
+    """Both kernels and both NumPy peers run and agree at a tiny size; the JSON has both sides' figures."""
+    out = tmp_path / "analysis.json"
+    cmd = [sys.executable, "-m", "xlplastic.cli", "bench", "analysis", "--json", str(out), "--cka-tokens", "3000",
+           "--layers", "3", "--width", "32", "--cka-batch", "1024", "--csls-vocab", "1500", "--csls-dim", "32"]
+    proc = subprocess.run(cmd, cwd=root, env=_env(root), capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    data = json.loads(out.read_text())
+    run = data["cka"]["runs"][0]
+    assert run["numpy"]["status"] == "ok" and run["max_abs_diff"] < 1e-5
+    assert run["xlplastic"]["wall_s"] > 0 and run["numpy"]["wall_s"] > 0
+    csls = data["csls"]
+    assert csls["numpy"]["status"] == "ok" and csls["indices_agree"]
+    assert csls["xlplastic"]["precision_at_1"] == pytest.approx(csls["numpy"]["precision_at_1"])

@@ -14,7 +14,7 @@ import pytest
 from flax import nnx
 
 from xlplastic import model as model_lib
-from xlplastic.config import CodeSwitchConfig, Config, ModelConfig, TokenizerConfig, load_config, validate
+from xlplastic.config import CodeSwitchConfig, ModelConfig, TokenizerConfig, validate
 from xlplastic.data.codeswitch import code_switch
 from xlplastic.data.tokenizers import special_tokens, train_tokenizer
 from xlplastic.data.vocabulary import Vocabulary, for_language, load_vocabulary

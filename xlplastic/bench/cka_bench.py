@@ -19,14 +19,9 @@ import platform
 import time
 from typing import Any
 
+from xlplastic.bench.common import host_memory_bytes
+
 GB = 1e9
-
-
-def host_memory_bytes() -> int | None:
-    try:
-        return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
-    except (ValueError, OSError, AttributeError):
-        return None
 
 
 def numpy_peer_bytes(variant: str, tokens: int, layers: int, width: int) -> tuple[int, str]:

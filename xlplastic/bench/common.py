@@ -18,6 +18,16 @@ def add_model_args(p: argparse.ArgumentParser, batch_help: str | None = None) ->
     p.add_argument("--batch", type=int, default=16, help=batch_help)
 
 
+def host_memory_bytes() -> int | None:
+    """Physical memory of this machine (what a NumPy peer's need is compared with), or None if unknown."""
+    import os
+
+    try:
+        return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
 def write_json(path: str | None, result: dict) -> None:
     """Writes the figures (when --json was given) and says where."""
     if not path:

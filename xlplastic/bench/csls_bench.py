@@ -17,14 +17,13 @@ min(5000, vocab) pairs (the supervised MUSE set-up, so P@1 means something), the
 from __future__ import annotations
 
 import argparse
-import os
 import resource
 import time
 from typing import Any
 
 import numpy as np
 
-from xlplastic.bench.common import write_json
+from xlplastic.bench.common import host_memory_bytes, write_json
 
 DEFAULT_CHUNK = 4096
 
@@ -37,13 +36,6 @@ def make_problem(vocab: int, dim: int, noise: float, seed: int) -> tuple[np.ndar
     Qm = (Qm * np.sign(np.diag(R))).astype(np.float32)
     T = S @ Qm + noise * rng.standard_normal((vocab, dim), dtype=np.float32)
     return S, T
-
-
-def physical_memory_bytes() -> int | None:
-    try:
-        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    except (ValueError, OSError, AttributeError):
-        return None
 
 
 def _max_rss_bytes() -> int:
@@ -96,7 +88,7 @@ def run_csls_bench(vocab: int = 50000, dim: int = 300, k: int = 10, queries: int
     S = S @ W
     rng = np.random.default_rng(seed + 1)
     qidx = np.arange(vocab) if nq == vocab else np.sort(rng.choice(vocab, nq, replace=False))
-    phys = physical_memory_bytes()
+    phys = host_memory_bytes()
     limit = int(numpy_memory_limit_gb * 2**30) if numpy_memory_limit_gb is not None else (int(0.7 * phys) if phys else None)
     result: dict[str, Any] = {
         "benchmark": "csls_knn word retrieval",
