@@ -227,3 +227,30 @@ def test_bilingual_run_all_knobs(tmp_path, root):
     assert np.isfinite(result.results["final"]["loss"])
     vocab = load_vocabulary(tmp_path / "run")
     assert len(vocab.shared_ids()) == 0
+
+
+def test_lab_domains_write_other_domain_corpora(tmp_path):
+    """`domains` gives a language more corpora with other topic mixes (the Wiki-CC setting): same words,
+    different topics, so a model pretrained on it sees the language in another domain."""
+    from xlplastic.data.lab import write_lab
+
+    cfg = {"words": 100, "sentences": 3000, "test_sentences": 20,
+           "languages": [{"name": "syn"}, {"name": "half", "permute": 0.5, "domains": {"cc": [0, 0, 0, 1]}}]}
+    files = write_lab(cfg, tmp_path)
+    cc = files["half"]["train_cc"].read_text().splitlines()
+    base = files["half"]["train"].read_text().splitlines()
+    assert len(cc) == 3000 and cc != base
+    from collections import Counter
+
+    def dist(lines):
+        c = Counter(w for l in lines for w in l.split())
+        n = sum(c.values())
+        return {w: k / n for w, k in c.items()}
+
+    def tv(p, q):
+        return 0.5 * sum(abs(p.get(w, 0) - q.get(w, 0)) for w in set(p) | set(q))
+
+    assert len(set(dist(cc)) & set(dist(base))) > 0.6 * len(dist(cc))  # the same language's words...
+    assert tv(dist(cc), dist(base)) > 2 * tv(dist(base[:1500]), dist(base[1500:]))  # ...in another domain
+    with pytest.raises(UserError, match="domains.cc"):
+        write_lab({**cfg, "languages": [{"name": "syn"}, {"name": "half", "domains": {"cc": [1, 2]}}]}, tmp_path / "bad")

@@ -235,7 +235,8 @@ def write_pipeline_report(
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     summary, curves = list(summary or []), dict(curves or {})
-    stage = {s: [r for r in summary if r.get("stage") == s] for s in ("pretrain", "language_adapt", "task_adapt", "evaluate")}
+    stage = {s: [r for r in summary if r.get("stage") == s]
+             for s in ("pretrain", "analyze", "language_adapt", "task_adapt", "evaluate")}
     pre, adapt, resets = (c if isinstance(c := curves.get(k), dict) else {}
                           for k in ("pretrain", "language_adapt", "reset_steps"))
     models = _order([str(r.get("model", "?")) for r in summary] + [k.rsplit("/", 1)[0] for k in pre]
@@ -249,14 +250,21 @@ def write_pipeline_report(
         (run_dir / "budget_curve.png", _plot_budget_curve, stage["evaluate"], colours),
     ] if _draw(p, fn, *args)]
 
-    lines = [f"# {name}", "", "Relearning pipeline (active forgetting): pretrain → language adaptation (embeddings only) "
-             "→ source-language task fine-tuning → zero-shot evaluation on the target languages. "
-             "Cells are mean ± sample std over seeds (n = number of seeds with a finite value).", ""]
+    relearning = bool(stage["language_adapt"] or stage["evaluate"])
+    intro = ("Relearning pipeline (active forgetting): pretrain → language adaptation (embeddings only) "
+             "→ source-language task fine-tuning → zero-shot evaluation on the target languages. ") if relearning else (
+             "Pretraining variants → cross-lingual analysis of each pretrained model → source-language task "
+             "fine-tuning, scored on every test language (zero-shot on all but the source). ")
+    lines = [f"# {name}", "", intro + "Cells are mean ± sample std over seeds (n = number of seeds with a finite value).", ""]
     if notes:
         lines += [f"- {n}" for n in notes] + [""]
     sections = [("Zero-shot results (target languages)", stage["evaluate"]),
                 ("Source-language task scores (task_adapt)", stage["task_adapt"]),
                 ("Language adaptation: final target-language MLM eval", stage["language_adapt"])]
+    if not relearning:
+        sections = [("Task scores after source-language fine-tuning (task_adapt; other languages zero-shot)", stage["task_adapt"])]
+    if stage["analyze"]:
+        sections.append(("Cross-lingual analysis of the pretrained models (analyze; see analyze/*/report.md)", stage["analyze"]))
     if stage["pretrain"]:
         sections.append(("Pretraining", stage["pretrain"]))
     for title, rows in sections:
