@@ -161,7 +161,10 @@ def _batches(n: int, batch: int):
 
 
 def _global_batch(model: LoadedModel, batch_size: int) -> int:
-    shards = model.mesh.shape["data"] * model.mesh.shape["fsdp"]
+    """`batch_size` rounded up to a multiple of the batch shards and of the processes."""
+    import math
+
+    shards = math.lcm(model.mesh.shape["data"] * model.mesh.shape["fsdp"], jax.process_count())
     return -(-batch_size // shards) * shards
 
 
@@ -234,9 +237,12 @@ def check_layers(model: LoadedModel, layers: Sequence[int] | None) -> list[int]:
 
 
 def _put(model: LoadedModel, arrays: dict[str, np.ndarray]) -> dict[str, jax.Array]:
+    """A global batch from the full host arrays: each process contributes its own contiguous rows."""
     from xlplastic.sharding import put_global_batch
 
-    return put_global_batch(arrays, model.mesh, len(next(iter(arrays.values()))))
+    n = len(next(iter(arrays.values())))
+    per, pi = n // jax.process_count(), jax.process_index()
+    return put_global_batch({k: v[pi * per: (pi + 1) * per] for k, v in arrays.items()}, model.mesh, n)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -148,17 +148,24 @@ def _cka_and_vectors(a: Side, b: Side, sents_a, sents_b, acfg: AnalysisConfig, l
     return np.asarray(cka.cka_result(state, debiased=acfg.debiased)), np.concatenate(va, 1), np.concatenate(vb, 1)
 
 
-def _retrieval(Ea: np.ndarray, Eb: np.ndarray, Fa: np.ndarray | None, Fb: np.ndarray | None) -> tuple[float, float | None]:
+def _retrieval(Ea: np.ndarray, Eb: np.ndarray, Fa: np.ndarray | None, Fb: np.ndarray | None,
+               mesh=None) -> tuple[float, float | None]:
     """(direct P@1, Procrustes P@1) of retrieving Eb[i] for Ea[i], all vectors iteratively normalised;
-    the map is fitted on the aligned rows Fa/Fb (when there are some and the widths agree)."""
+    the map is fitted on the aligned rows Fa/Fb (when there are some and the widths agree). With a
+    mesh, the candidates are sharded over its devices."""
     if len(Ea) == 0:
         return float("nan"), None
     na, nb = align.iterative_normalize(Ea), align.iterative_normalize(Eb)
-    direct = align.retrieval_precision(na, nb)
+    direct = align.retrieval_precision(na, nb, mesh=mesh)
     if Fa is None or len(Fa) < 2 or Ea.shape[1] != Eb.shape[1]:
         return direct, None
     W = align.procrustes(align.iterative_normalize(Fa), align.iterative_normalize(Fb))
-    return direct, align.retrieval_precision(np.asarray(na) @ np.asarray(W), nb)
+    return direct, align.retrieval_precision(np.asarray(na) @ np.asarray(W), nb, mesh=mesh)
+
+
+def _mesh(model: reps.LoadedModel):
+    """The mesh retrieval shards its candidates over (None on one device)."""
+    return model.mesh if model.mesh.size > 1 else None
 
 
 def _word_translation(a: Side, b: Side, dcfg, data_dir, corpora: dict[str, list[str]], acfg: AnalysisConfig, la, lb) -> dict:
@@ -167,11 +174,12 @@ def _word_translation(a: Side, b: Side, dcfg, data_dir, corpora: dict[str, list[
     src_vocab = [s for s, _ in test] + ([s for s, _ in train] if train else [])
     tgt_vocab = [t for _, t in test] + ([t for _, t in train] if train else [])
     reps_out: dict[str, dict] = {}
+    mesh = _mesh(b.model)
 
     def evaluate(name, sw, sv, tw, tv):
         row: dict[str, Any] = {}
         try:
-            direct = align.word_translation(sw, sv, tw, tv, test, k=acfg.csls_k)
+            direct = align.word_translation(sw, sv, tw, tv, test, k=acfg.csls_k, mesh=mesh)
         except UserError as e:  # no test pair in both vocabularies for this representation
             return {"error": str(e), "coverage": 0.0}
         row.update(coverage=direct["coverage"], pairs_used=direct["pairs_used"], pairs_total=direct["pairs_total"],
@@ -183,7 +191,7 @@ def _word_translation(a: Side, b: Side, dcfg, data_dir, corpora: dict[str, list[
                 fit = None
             if fit is not None:
                 mapped = align.word_translation(sw, align.iterative_normalize(sv), tw, align.iterative_normalize(tv), test,
-                                                W=fit["W"], k=acfg.csls_k)
+                                                W=fit["W"], k=acfg.csls_k, mesh=mesh)
                 row.update(procrustes=mapped["precision_at_1"], train_coverage=fit["coverage"])
         return row
 
@@ -305,7 +313,7 @@ def analyze(models: list[reps.LoadedModel], acfg: AnalysisConfig, out_dir: str |
             results["cka"][key] = {"layers_a": la, "layers_b": lb, "matrix": matrix.tolist()}
             r = {"layers": [la[i] for i in range(common)], "direct": [], "procrustes": [], "sentences": n_par - fit}
             for i in range(common):
-                d, p = _retrieval(Xa[i][fit:], Xb[i][fit:], Xa[i][:fit], Xb[i][:fit])
+                d, p = _retrieval(Xa[i][fit:], Xb[i][fit:], Xa[i][:fit], Xb[i][:fit], _mesh(b.model))
                 r["direct"].append(d)
                 r["procrustes"].append(p)
             results["retrieval"].setdefault(key, {})["parallel"] = r
@@ -336,7 +344,7 @@ def analyze(models: list[reps.LoadedModel], acfg: AnalysisConfig, out_dir: str |
                  "map_fitted_on": "parallel (first sentences)" if Xa is not None else None}
             for i in range(common):
                 fa, fb = (Xa[i][:fit], Xb[i][:fit]) if Xa is not None else (None, None)
-                d, p = _retrieval(Ta[i], Tb[i], fa, fb)
+                d, p = _retrieval(Ta[i], Tb[i], fa, fb, _mesh(b.model))
                 r["direct"].append(d)
                 r["procrustes"].append(p)
             results["retrieval"].setdefault(key, {})[Path(files[0]).stem] = r
