@@ -218,8 +218,9 @@ def _metric_rows(d: Path) -> list[dict]:
 
 def _notes(cfg: Config) -> list[str]:
     p = cfg.pipeline
-    notes = [f"models: {', '.join(p.models)}; seeds: {', '.join(map(str, p.seeds))}; "
-             f"targets: {', '.join(t.language for t in p.targets)}; budgets (tokens): {', '.join(map(str, p.budgets))}",
+    adapt = (f"; targets: {', '.join(t.language for t in p.targets)}; budgets (tokens): {', '.join(map(str, p.budgets))}"
+             if p.targets else "")
+    notes = [f"models: {', '.join(p.models)}; seeds: {', '.join(map(str, p.seeds))}{adapt}",
              f"task: {cfg.task.name} ({cfg.task.kind}), fine-tuned on the source language, evaluated zero-shot"]
     for m, over in p.models.items():
         f = over.get("forgetting", {})

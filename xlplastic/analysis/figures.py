@@ -41,6 +41,8 @@ def write_figures(results: dict, out_dir: Path) -> list[str]:
         fig.savefig(out_dir / name, dpi=110)
         plt.close(fig)
         files.append(name)
+    from matplotlib.ticker import MaxNLocator
+
     panels = [p for p in ("cka", "retrieval", "word_translation") if results.get(p)]
     if panels:
         fig, axes = plt.subplots(1, len(panels), figsize=(4.6 * len(panels), 3.6), squeeze=False)
@@ -65,6 +67,7 @@ def write_figures(results: dict, out_dir: Path) -> list[str]:
                                     linestyle="-" if how == "direct" else "--", label=f"{key} CSLS ({how})")
                     ax.set_title("word translation P@1 (contextual)")
             ax.set_xlabel("layer (0 = embeddings)")
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
             ax.set_ylim(-0.02, 1.02)
             ax.grid(alpha=0.3)
             if ax.get_legend_handles_labels()[0]:
