@@ -210,7 +210,11 @@ def _word_translation(a: Side, b: Side, dcfg, data_dir, corpora: dict[str, list[
         p = r.get("procrustes") or r.get("direct") or {}
         return p.get("csls", -1.0)
 
-    best = max(reps_out, key=lambda k: score(reps_out[k]))
+    # the headline: the best by CSLS among representations covering at least half as many test pairs as
+    # the widest one (a few single-token words must not speak for the dictionary)
+    widest = max((r.get("coverage") or 0.0) for r in reps_out.values())
+    fair = [k for k, r in reps_out.items() if (r.get("coverage") or 0.0) >= 0.5 * widest] or list(reps_out)
+    best = max(fair, key=lambda k: score(reps_out[k]))
     top = reps_out[best].get("procrustes") or reps_out[best].get("direct") or {}
     return {"nn": top.get("nn"), "csls": top.get("csls"), "representation": best,
             "mapping": "procrustes" if reps_out[best].get("procrustes") else "none",
