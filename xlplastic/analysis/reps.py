@@ -108,10 +108,8 @@ def load_model(run_dir: str | Path, *, name: str | None = None, devices: Sequenc
 
 def from_trainer(trainer, params, tokenizer, *, name: str = "current", step: int = 0) -> LoadedModel:
     """A `LoadedModel` over a training run's live parameters (the analysis hook during training)."""
-    sp = special_tokens(tokenizer)
-    model = LoadedModel(name, Path("."), trainer.cfg, step, tokenizer, sp, params, trainer.mesh, trainer.merge)
-    model.param_shardings = trainer.param_shardings
-    return model
+    return LoadedModel(name, Path("."), trainer.cfg, step, tokenizer, special_tokens(tokenizer), params, trainer.mesh,
+                       trainer.merge, param_shardings=trainer.param_shardings)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -249,19 +247,33 @@ def _put(model: LoadedModel, arrays: dict[str, np.ndarray]) -> dict[str, jax.Arr
 # Public views
 
 
-def sentence_batches(model: LoadedModel, sentences: Sequence[str], language: str, *, layers: Sequence[int],
-                     batch_size: int = 32, seq_len: int | None = None):
-    """Yields (number of real rows, device array [L, B, D] of mean-pooled sentence vectors); the last
-    batch is padded with copies of the last sentence (use only the first `n` rows)."""
+def prepare_sentences(model: LoadedModel, sentences: Sequence[str], language: str, *, batch_size: int = 32,
+                      seq_len: int | None = None) -> list[tuple[int, dict[str, jax.Array]]]:
+    """Tokenised sentences as device batches: [(number of real rows, {tokens, lang, word_of})]; the last
+    batch is padded with copies of the last sentence. Placed once, pooled as often as needed."""
     seq_len = seq_len or min(model.cfg.data.seq_len, model.cfg.model.max_positions)
     wb = encode_words(model.tokenizer_for(language), model.specials, [s.split() for s in sentences], seq_len)
     lang = np.full(len(sentences), model.language_id(language), np.int32)
-    fn = _fn(model, "sentence", layers)
-    B = _global_batch(model, batch_size)
-    for real, idx in _batches(len(sentences), B):
+    out = []
+    for real, idx in _batches(len(sentences), _global_batch(model, batch_size)):
         with jax.transfer_guard_host_to_device("allow"):
-            b = _put(model, {"tokens": wb.tokens[idx], "lang": lang[idx], "word_of": wb.word_of_token[idx]})
-        yield len(real), fn(model.params, b["tokens"], b["lang"], b["word_of"])
+            out.append((len(real), _put(model, {"tokens": wb.tokens[idx], "lang": lang[idx], "word_of": wb.word_of_token[idx]})))
+    return out
+
+
+def pooled(model: LoadedModel, params, batches, layers: Sequence[int]):
+    """Yields (n, device array [L, B, D]) of mean-pooled sentence vectors of prepared batches."""
+    fn = _fn(model, "sentence", layers)
+    for n, b in batches:
+        yield n, fn(params, b["tokens"], b["lang"], b["word_of"])
+
+
+def sentence_batches(model: LoadedModel, sentences: Sequence[str], language: str, *, layers: Sequence[int],
+                     batch_size: int = 32, seq_len: int | None = None):
+    """Yields (number of real rows, device array [L, B, D] of mean-pooled sentence vectors); use only
+    the first `n` rows of each."""
+    batches = prepare_sentences(model, sentences, language, batch_size=batch_size, seq_len=seq_len)
+    yield from pooled(model, model.params, batches, layers)
 
 
 def sentence_vectors(model: LoadedModel, sentences: Sequence[str], language: str, *, layers: Sequence[int] | None = None,

@@ -133,19 +133,22 @@ def _layers(model: reps.LoadedModel, acfg: AnalysisConfig) -> list[int]:
     return reps.check_layers(model, acfg.layers)
 
 
-def _cka_and_vectors(a: Side, b: Side, sents_a, sents_b, acfg: AnalysisConfig, la, lb):
-    """Streaming CKA over sentence batches (device side) and the host sentence vectors of both sides."""
+def _vectors(a: Side, b: Side, sents_a, sents_b, acfg: AnalysisConfig, la, lb, with_cka: bool = True):
+    """Host sentence vectors of both sides and (with_cka) their streaming CKA, accumulated on device
+    batch by batch; returns (CKA matrix or None, Xa [La, N, Da], Xb [Lb, N, Db])."""
     if len(sents_a) != len(sents_b):
         raise UserError(f"parallel sentences: {len(sents_a)} in {a.language} but {len(sents_b)} in {b.language}; expected aligned lists")
     kw = dict(batch_size=acfg.batch_size, seq_len=acfg.seq_len)
-    state = cka.cka_init(len(la), a.model.width, len(lb), b.model.width, sharding=replicated(a.model.mesh))
+    state = cka.cka_init(len(la), a.model.width, len(lb), b.model.width, sharding=replicated(a.model.mesh)) if with_cka else None
     va, vb = [], []
     for (n, xa), (_, xb) in zip(reps.sentence_batches(a.model, sents_a, a.language, layers=la, **kw),
                                 reps.sentence_batches(b.model, sents_b, b.language, layers=lb, **kw)):
-        state = cka.cka_update(state, xa, xb, valid=n)
+        if with_cka:
+            state = cka.cka_update(state, xa, xb, valid=n)
         va.append(np.asarray(xa)[:, :n])
         vb.append(np.asarray(xb)[:, :n])
-    return np.asarray(cka.cka_result(state, debiased=acfg.debiased)), np.concatenate(va, 1), np.concatenate(vb, 1)
+    matrix = np.asarray(cka.cka_result(state, debiased=acfg.debiased)) if with_cka else None
+    return matrix, np.concatenate(va, 1), np.concatenate(vb, 1)
 
 
 def _retrieval(Ea: np.ndarray, Eb: np.ndarray, Fa: np.ndarray | None, Fb: np.ndarray | None,
@@ -176,7 +179,7 @@ def _word_translation(a: Side, b: Side, dcfg, data_dir, corpora: dict[str, list[
     reps_out: dict[str, dict] = {}
     mesh = _mesh(b.model)
 
-    def evaluate(name, sw, sv, tw, tv):
+    def evaluate(sw, sv, tw, tv):
         row: dict[str, Any] = {}
         try:
             direct = align.word_translation(sw, sv, tw, tv, test, k=acfg.csls_k, mesh=mesh)
@@ -197,14 +200,14 @@ def _word_translation(a: Side, b: Side, dcfg, data_dir, corpora: dict[str, list[
 
     sw, sv = reps.static_word_vectors(a.model, a.language, src_vocab)
     tw, tv = reps.static_word_vectors(b.model, b.language, tgt_vocab)
-    reps_out["static"] = evaluate("static", sw, sv, tw, tv)
+    reps_out["static"] = evaluate(sw, sv, tw, tv)
     ca = corpora[a.language][: acfg.max_word_sentences]
     cb = corpora[b.language][: acfg.max_word_sentences]
     kw = dict(batch_size=acfg.batch_size, seq_len=acfg.seq_len)
     swc, sva = reps.word_type_vectors(a.model, ca, a.language, src_vocab, layers=la, **kw)
     twc, tvb = reps.word_type_vectors(b.model, cb, b.language, tgt_vocab, layers=lb, **kw)
     for i in range(min(len(la), len(lb))):
-        reps_out[f"layer_{la[i]}"] = evaluate(f"layer_{la[i]}", swc, sva[i], twc, tvb[i])
+        reps_out[f"layer_{la[i]}"] = evaluate(swc, sva[i], twc, tvb[i])
 
     def score(r):  # the mapped figure when there is one (the paper's supervised setting), else direct
         p = r.get("procrustes") or r.get("direct") or {}
@@ -313,7 +316,7 @@ def analyze(models: list[reps.LoadedModel], acfg: AnalysisConfig, out_dir: str |
         log(f"analyze {key}: layers {la} x {lb}")
         if parallel and a.language in parallel and b.language in parallel:
             sa, sb = parallel[a.language], parallel[b.language]
-            matrix, Xa, Xb = _cka_and_vectors(a, b, sa, sb, acfg, la, lb)
+            matrix, Xa, Xb = _vectors(a, b, sa, sb, acfg, la, lb)
             results["cka"][key] = {"layers_a": la, "layers_b": lb, "matrix": matrix.tolist()}
             r = {"layers": [la[i] for i in range(common)], "direct": [], "procrustes": [], "sentences": n_par - fit}
             for i in range(common):
@@ -343,7 +346,7 @@ def analyze(models: list[reps.LoadedModel], acfg: AnalysisConfig, out_dir: str |
             if len(files) != 2:
                 raise UserError(f"analysis.retrieval.{name}: {len(files)} files; expected [source file, target file]")
             ta, tb = evalsets.read_parallel(_path(files[0], data_dir), _path(files[1], data_dir))
-            _, Ta, Tb = _cka_and_vectors(a, b, ta, tb, acfg, la, lb)
+            _, Ta, Tb = _vectors(a, b, ta, tb, acfg, la, lb, with_cka=False)
             r = {"layers": [la[i] for i in range(common)], "direct": [], "procrustes": [], "sentences": len(ta),
                  "map_fitted_on": "parallel (first sentences)" if Xa is not None else None}
             for i in range(common):
@@ -432,20 +435,9 @@ class TrainingProbe:
         self.model = reps.from_trainer(trainer, None, tokenizer)
         self.layers = _layers(self.model, acfg)
         self.fit = int(len(par[self.a]) * acfg.fit_share)
-        self.batches = {l: self._prepare(par[l], l, acfg) for l in (self.a, self.b)}
+        self.batches = {l: reps.prepare_sentences(self.model, par[l], l, batch_size=acfg.batch_size, seq_len=acfg.seq_len)
+                        for l in (self.a, self.b)}
         self.pending: tuple[int, Any] | None = None
-
-    def _prepare(self, sentences, language, acfg):
-        m = self.model
-        seq = acfg.seq_len or min(m.cfg.data.seq_len, m.cfg.model.max_positions)
-        wb = reps.encode_words(m.tokenizer_for(language), m.specials, [s.split() for s in sentences], seq)
-        lang = np.full(len(sentences), m.language_id(language), np.int32)
-        B = reps._global_batch(m, acfg.batch_size)
-        out = []
-        for real, idx in reps._batches(len(sentences), B):
-            with jax.transfer_guard_host_to_device("allow"):
-                out.append((len(real), reps._put(m, {"tokens": wb.tokens[idx], "lang": lang[idx], "word_of": wb.word_of_token[idx]})))
-        return out
 
     def due(self, step: int) -> bool:
         return self.every > 0 and step % self.every == 0
@@ -453,10 +445,7 @@ class TrainingProbe:
     def dispatch(self, params, step: int) -> dict | None:
         """Starts the probe of `step` (device work only); returns the previous probe's row, if any."""
         row = self.collect()
-        fn = reps._fn(self.model, "sentence", self.layers)
-        vecs = {}
-        for l, batches in self.batches.items():
-            vecs[l] = [(n, fn(params, b["tokens"], b["lang"], b["word_of"])) for n, b in batches]
+        vecs = {l: list(reps.pooled(self.model, params, batches, self.layers)) for l, batches in self.batches.items()}
         self.pending = (step, vecs)
         return row
 
