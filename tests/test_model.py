@@ -194,3 +194,31 @@ def test_jitted_step_cache_stays_at_one():
     for b in _batches(5):
         state, _ = tr.step(state, b)
     assert tr.step._cache_size() == 1
+
+
+def test_dropout_draws_are_uniform_and_independent_of_sharding():
+    """16-bit draws, four per Threefry evaluation: uniform, different per key, and the same values
+    whether the array is computed whole or sharded over 8 devices (counters are global indices)."""
+    from jax.sharding import NamedSharding, PartitionSpec as P
+
+    from xlplastic.model import dropout, uniform16
+
+    u = np.asarray(uniform16(jax.random.PRNGKey(0), (64, 128, 250))).astype(np.int64).ravel()
+    assert abs(u.mean() / 65535 - 0.5) < 0.002 and abs(u.std() / 65535 - 12 ** -0.5) < 0.002
+    hist = np.bincount(u >> 12, minlength=16) / u.size * 16
+    assert np.all(np.abs(hist - 1) < 0.02), hist
+    # neighbours (same Threefry evaluation) are uncorrelated
+    pairs = u[: u.size // 4 * 4].reshape(-1, 4).astype(np.float64)
+    assert abs(np.corrcoef(pairs[:, 0], pairs[:, 1])[0, 1]) < 0.01
+    assert abs(np.corrcoef(pairs[:, 1], pairs[:, 2])[0, 1]) < 0.01
+    other = np.asarray(uniform16(jax.random.PRNGKey(1), (64, 128, 250))).astype(np.int64).ravel()
+    assert (other == u).mean() < 0.001
+
+    x = jnp.ones((512, 1000))
+    y = np.asarray(dropout(x, 0.1, jax.random.PRNGKey(3)))
+    assert abs((y == 0).mean() - 0.1) < 0.002 and abs(y.mean() - 1.0) < 0.003  # inverted: mean kept
+
+    mesh = jax.make_mesh((2, 4), ("a", "b"), devices=jax.devices()[:8])
+    f = jax.jit(lambda k: uniform16(k, (16, 32, 64)), out_shardings=NamedSharding(mesh, P("a", None, "b")))
+    np.testing.assert_array_equal(np.asarray(f(jax.random.PRNGKey(5))),
+                                  np.asarray(uniform16(jax.random.PRNGKey(5), (16, 32, 64))))

@@ -132,3 +132,20 @@ def test_task_run_resumes_to_the_same_result(experiment, tmp_path):
 
     assert losses(again) == losses(full)
     assert again.results["scores"] == full.results["scores"]
+
+
+def test_task_run_with_several_steps_per_call_is_identical(experiment, tmp_path):
+    """`train.steps_per_call` in a task stage: calls of 4 steps (then single steps) give the same run."""
+    from xlplastic.finetune import run_task
+
+    _, d, _ = experiment
+    cfg = load_config(d / "task_adapt/standard-s0/config.yaml")
+    k4 = load_config(d / "task_adapt/standard-s0/config.yaml", ["train.steps_per_call=4"])
+    full, grouped = run_task(cfg, tmp_path / "k1"), run_task(k4, tmp_path / "k4")
+
+    def rows(r):
+        return [json.loads(l) for l in (r.run_dir / "metrics.jsonl").read_text().splitlines()]
+
+    assert [r["step"] for r in rows(grouped)] == list(range(1, 7))
+    assert [r["loss"] for r in rows(grouped)] == [r["loss"] for r in rows(full)]
+    assert grouped.results["scores"] == full.results["scores"]

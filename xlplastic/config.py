@@ -220,6 +220,7 @@ class TrainConfig(_Strict):
     seed: int = 0
     batch_size: int = 32  # global batch, in sequences
     grad_accum: int = 1
+    steps_per_call: int = Field(1, ge=1)  # train steps per jitted call (the same result, less per-call work)
     log_every: int = 1
     eval_every: int = 0  # 0 = only at the end
     eval_batches: int = 4

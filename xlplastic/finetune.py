@@ -21,6 +21,7 @@ from flax import nnx
 from xlplastic import checkpoint as ckpt_lib
 from xlplastic import model as model_lib
 from xlplastic.assemble import compose_params
+from xlplastic.calls import call_length, metric_rows, put_batches, run_call
 from xlplastic.config import Config, TaskConfig, dump_config
 from xlplastic.data.sources import resolve_path
 from xlplastic.data.tokenizers import special_tokens
@@ -204,23 +205,30 @@ def run_task(cfg: Config, run_dir: str | Path, *, stage: str = "task_adapt", sto
     old_handlers = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
     try:
         with jax.transfer_guard("disallow"):
-            for s in range(start + 1, tcfg.steps + 1):
+            every = cfg.checkpoint.every
+            s = start
+            while s < tcfg.steps:
+                first = s + 1
+                n = call_length(first, tcfg.steps, tcfg.steps_per_call,
+                                lambda t: bool((every and t % every == 0) or t == stop_at))
+                s = first + n - 1
                 with jax.transfer_guard_host_to_device("allow"):
-                    batch = put_global_batch(_local(train_f.arrays, order.rows(s - 1)), mesh, tcfg.batch_size)
-                state, dev = trainer.step(state, batch)
+                    batch = put_batches([_local(train_f.arrays, order.rows(t - 1)) for t in range(first, s + 1)],
+                                        mesh, tcfg.batch_size)
+                state, dev = run_call(trainer, state, batch, n)
                 if pending is not None:
-                    _log_row(*pending, metrics_log, progress, tcfg)
-                pending = (s, dev)
+                    _log_rows(*pending, metrics_log, progress, tcfg)
+                pending = (first, n, dev)
                 halt = stop["signal"] is not None or s == stop_at
-                if (cfg.checkpoint.every and s % cfg.checkpoint.every == 0 and s != tcfg.steps) or halt:
-                    _log_row(*pending, metrics_log, progress, tcfg)
+                if (every and s % every == 0 and s != tcfg.steps) or halt:
+                    _log_rows(*pending, metrics_log, progress, tcfg)
                     pending = None
                     ckpt.save(s, state, meta)
                 if halt:
                     log(f"stopped at step {s}; checkpoint saved, rerun the same command to resume")
                     return RunResult(run_dir, s, {"signal": stop["signal"]}, interrupted=True)
             if pending is not None:
-                _log_row(*pending, metrics_log, progress, tcfg)
+                _log_rows(*pending, metrics_log, progress, tcfg)
         if tcfg.steps > start:
             ckpt.save(tcfg.steps, state, meta)
         elif tcfg.steps == 0 and start == 0:
@@ -251,12 +259,12 @@ def _with_rules(mesh, cfg, fn):
         return fn()
 
 
-def _log_row(step, dev, metrics_log, progress, tcfg):
-    row = {"step": step, **{k: float(v) for k, v in jax.device_get(dev).items()}}
-    _finite_or_raise(row, None)
-    if step % tcfg.log_every == 0 or step == tcfg.steps:
-        metrics_log.write(row)
-    progress.update(step, {"loss": row["loss"]})
+def _log_rows(first, n, dev, metrics_log, progress, tcfg):
+    for row in metric_rows(first, n, jax.device_get(dev)):
+        _finite_or_raise(row, None)
+        if row["step"] % tcfg.log_every == 0 or row["step"] == tcfg.steps:
+            metrics_log.write(row)
+        progress.update(row["step"], {"loss": row["loss"]})
 
 
 def _score(task: TaskConfig, params, examples, f: feats.Features, label_map, predict_fn, mesh, batch: int) -> dict:

@@ -13,6 +13,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 from flax import nnx
+from jax.extend.random import threefry2x32_p
 
 from xlplastic.config import ModelConfig
 from xlplastic.sharding import constrain
@@ -47,12 +48,33 @@ class LayerNorm(nnx.Module):
         return (y * self.scale[...].astype(jnp.float32) + self.bias[...].astype(jnp.float32)).astype(dtype)
 
 
+def uniform16(key, shape) -> jax.Array:
+    """uint16 uniform draws, four per Threefry-2x32 evaluation (`jax.random` spends one evaluation, 64
+    bits, on every element). Counters are the element's flat index (as jax's partitionable Threefry),
+    so the draws do not depend on how the array is sharded."""
+    *lead, last = shape
+    n = -(-last // 4)
+    counter_shape = (*lead, n)
+    idx = jnp.zeros(counter_shape, jnp.uint32)
+    stride = 1
+    for d in reversed(range(len(counter_shape))):
+        idx = idx + jax.lax.broadcasted_iota(jnp.uint32, counter_shape, d) * jnp.uint32(stride)
+        stride *= counter_shape[d]
+    k = jax.random.key_data(key) if jnp.issubdtype(key.dtype, jax.dtypes.prng_key) else key
+    hi, lo = threefry2x32_p.bind(k[0], k[1], jnp.zeros_like(idx), idx)
+    words = jnp.stack([hi, lo], -1)  # [..., n, 2] uint32
+    halves = jnp.stack([words >> 16, words & 0xFFFF], -1).astype(jnp.uint16)  # [..., n, 2, 2]
+    return halves.reshape(*lead, 4 * n)[..., :last]
+
+
 def dropout(x, rate: float, key):
-    """Inverted dropout; `key=None` means deterministic (evaluation)."""
+    """Inverted dropout; `key=None` means deterministic (evaluation). The drop probability is rate
+    rounded to 1/65536 (16-bit draws) and the kept values are scaled by the exact inverse keep rate."""
     if key is None or rate <= 0.0:
         return x
-    keep = jax.random.bernoulli(key, 1.0 - rate, x.shape)
-    return jnp.where(keep, x / (1.0 - rate), 0).astype(x.dtype)
+    cut = min(round(rate * 65536), 65535)
+    keep = uniform16(key, x.shape) >= cut
+    return jnp.where(keep, x * (65536.0 / (65536 - cut)), 0).astype(x.dtype)
 
 
 class Attention(nnx.Module):

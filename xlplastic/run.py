@@ -29,6 +29,7 @@ from xlplastic.data.vocabulary import FILENAME as VOCABULARY_FILE
 from xlplastic.errors import UserError
 from xlplastic.metrics import MetricsLog, Progress
 from xlplastic.model import num_params
+from xlplastic.calls import call_length, metric_rows, put_batches, run_call
 from xlplastic.sharding import check_batch, describe, make_mesh, put_global_batch
 from xlplastic.train import Specials, build_trainer, mlm_objective
 
@@ -254,29 +255,29 @@ def run(
     caught = (signal.SIGINT,) if multi else (signal.SIGTERM, signal.SIGINT)
     old_handlers = {s: signal.signal(s, on_signal) for s in caught}
     last_ckpt = start if start else None
-    pending: tuple[int, dict, float] | None = None  # (step, device metrics, dispatch time)
+    pending: tuple[int, int, dict] | None = None  # (first step, steps, device metrics) of the last call
     t_prev = time.perf_counter()
     step_times: list[float] = []
     eval_rows: list[dict] = []
 
-    def flush() -> dict | None:
-        """Fetches the pending step's metrics (by now computed) and logs them."""
+    def flush() -> None:
+        """Fetches the pending call's metrics (by now computed) and logs one row per step."""
         nonlocal pending, t_prev
         if pending is None:
-            return None
-        s, dev_metrics, _ = pending
+            return
+        first, n, dev_metrics = pending
         pending = None
         host = jax.device_get(dev_metrics)
         now = time.perf_counter()
-        dt, t_prev = now - t_prev, now
-        step_times.append(dt)
-        row = {"step": s, **{k: float(v) for k, v in host.items()}, "step_time_s": dt,
-               "tokens_per_s": tokens_per_step / dt if dt > 0 else 0.0}
-        _finite_or_raise(row, last_ckpt)
-        if s % tcfg.log_every == 0 or s == total:
-            metrics_log.write(row)
-        progress.update(s, {"loss": row["loss"], "tok/s": row["tokens_per_s"]})
-        return row
+        dt, t_prev = (now - t_prev) / n, now
+        for row in metric_rows(first, n, host):
+            s = row["step"]
+            step_times.append(dt)
+            row.update(step_time_s=dt, tokens_per_s=tokens_per_step / dt if dt > 0 else 0.0)
+            _finite_or_raise(row, last_ckpt)
+            if s % tcfg.log_every == 0 or s == total:
+                metrics_log.write(row)
+            progress.update(s, {"loss": row["loss"], "tok/s": row["tokens_per_s"]})
 
     def evaluate(s: int) -> dict:
         sums = [trainer.eval_step(state["params"], b) for b in eval_batches]
@@ -298,20 +299,30 @@ def run(
     final_step = start
     try:
         with jax.transfer_guard("disallow"):  # any implicit host<->device copy in the loop is a bug
-            for s in range(start + 1, total + 1):
-                local = sampler.batch(s - 1, jax.process_index(), jax.process_count())
+            every, eval_every = cfg.checkpoint.every, tcfg.eval_every
+
+            def needs_host(s: int) -> bool:  # a step after which the loop acts: a call must end there
+                return bool((eval_every and s % eval_every == 0) or (every and s % every == 0)
+                            or (probe is not None and probe.due(s)) or s == stop_at)
+
+            s = start
+            while s < total:
+                first = s + 1
+                n = call_length(first, total, tcfg.steps_per_call, needs_host)
+                s = first + n - 1
+                local = [_batch_arrays(sampler.batch(t - 1, jax.process_index(), jax.process_count()), cfg, lang_ids)
+                         for t in range(first, s + 1)]
                 # An explicit host->device copy; with several processes JAX routes it through a path the
                 # "disallow" guard would reject, so it is allowed here and only here.
                 with jax.transfer_guard_host_to_device("allow"):
-                    batch = put_global_batch(_batch_arrays(local, cfg, lang_ids), mesh, tcfg.batch_size)
-                state, dev_metrics = trainer.step(state, batch)
-                flush()  # step s-1's metrics, read while step s runs
-                pending = (s, dev_metrics, time.perf_counter())
+                    batch = put_batches(local, mesh, tcfg.batch_size)
+                state, dev_metrics = run_call(trainer, state, batch, n)
+                flush()  # the previous call's metrics, read while this one runs
+                pending = (first, n, dev_metrics)
                 final_step = s
                 if multi and _preempted(s):
                     stop["signal"] = signal.SIGTERM
-                every = cfg.checkpoint.every
-                want_eval = tcfg.eval_every and s % tcfg.eval_every == 0 and s != total
+                want_eval = eval_every and s % eval_every == 0 and s != total
                 want_ckpt = (every and s % every == 0) or stop["signal"] is not None or s == stop_at
                 if want_eval or want_ckpt:
                     flush()

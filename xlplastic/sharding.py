@@ -121,8 +121,9 @@ def tree_shardings(abstract_tree, axes_tree, mesh: Mesh, rules: dict[str, list[s
     )
 
 
-def batch_sharding(mesh: Mesh, ndim: int = 2) -> NamedSharding:
-    return NamedSharding(mesh, P(BATCH_AXES, *([None] * (ndim - 1))))
+def batch_sharding(mesh: Mesh, ndim: int = 2, leading: int = 0) -> NamedSharding:
+    """Rows split over data x fsdp; `leading` unsplit axes come first (e.g. K steps of batches)."""
+    return NamedSharding(mesh, P(*([None] * leading), BATCH_AXES, *([None] * (ndim - 1))))
 
 
 def replicated(mesh: Mesh) -> NamedSharding:
@@ -164,10 +165,14 @@ def describe(mesh: Mesh) -> str:
     return " x ".join(f"{k}={v}" for k, v in mesh.shape.items())
 
 
-def put_global_batch(local: dict[str, np.ndarray], mesh: Mesh, global_batch: int) -> dict[str, jax.Array]:
-    """Builds global arrays from this process's rows (each host holds only its part)."""
+def put_global_batch(
+    local: dict[str, np.ndarray], mesh: Mesh, global_batch: int, leading: int = 0
+) -> dict[str, jax.Array]:
+    """Builds global arrays from this process's rows (each host holds only its part); rows are axis
+    `leading` (0 for one batch, 1 for a stack of K steps' batches)."""
     out = {}
     for k, v in local.items():
-        sharding = batch_sharding(mesh, v.ndim)
-        out[k] = jax.make_array_from_process_local_data(sharding, v, (global_batch,) + v.shape[1:])
+        sharding = batch_sharding(mesh, v.ndim - leading, leading)
+        shape = v.shape[:leading] + (global_batch,) + v.shape[leading + 1:]
+        out[k] = jax.make_array_from_process_local_data(sharding, v, shape)
     return out

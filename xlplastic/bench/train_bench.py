@@ -3,7 +3,9 @@
 Both sides train the same encoder (layers, width, heads, FFN, vocabulary, max positions, dropout 0.1 on
 hidden states and attention probabilities, exact-erf GELU, tied output embedding, post-LN) with AdamW of
 the same hyper-parameters (decay on matrices only, constant learning rate) on the same random token
-batches with 15% of tokens predicted (80% <mask> / 10% random / 10% kept). Each side is warmed up first
+batches with 15% of tokens predicted (80% <mask> / 10% random / 10% kept). xlplastic runs as its loop
+does with `train.steps_per_call = --steps-per-call` (K steps scanned in one jitted call, bit-identical
+to K calls); with K > 1 the one-step-per-call configuration is timed as well. Each side is warmed up first
 (compilation excluded), then timed in `--rounds` interleaved windows of `--steps` steps each (JAX:
 `block_until_ready` only at the end of each window); the reported step time is the median window's,
 and the best window is reported too (on a shared machine, contention from other processes inflates the
@@ -68,6 +70,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--peak-size", type=int, default=2048, help="matmul size for the measured peak")
     p.add_argument("--skip-torch", action="store_true", help="xlplastic only")
     p.add_argument("--extra-bf16", action="store_true", help="also time xlplastic with bfloat16 compute (extra row)")
+    p.add_argument("--steps-per-call", type=int, default=8,
+                   help="xlplastic's train.steps_per_call (K steps scanned in one jitted call); with K > 1 the "
+                   "1-step-per-call configuration is timed too (extra row)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", help="write the figures to this JSON file")
     return p
@@ -178,11 +183,11 @@ class RssSampler:
 
 
 class XlplasticSide:
-    def __init__(self, args, dtype: str, batches: list[np.ndarray]):
+    def __init__(self, args, dtype: str, batches: list[np.ndarray], steps_per_call: int = 1):
         import jax
 
         from xlplastic.config import Config, DataConfig, MeshConfig, OptimizerConfig, ScheduleConfig, TrainConfig
-        from xlplastic.sharding import batch_sharding, make_mesh
+        from xlplastic.sharding import make_mesh
         from xlplastic.train import Specials, build_trainer
 
         self.jax = jax
@@ -208,12 +213,13 @@ class XlplasticSide:
         self.cfg = cfg
         self.mesh = make_mesh(cfg.mesh, jax.devices()[:1])
         self.trainer = build_trainer(cfg, self.mesh, args.vocab, Specials(pad=PAD, mask=MASK, all_ids=SPECIAL_IDS))
-        self.sharding = {"tokens": batch_sharding(self.mesh, 2)}
+        self.k = steps_per_call
         self.batches = batches
         self.state = self.trainer.init()
         t = time.perf_counter()
-        compiled = self.trainer.step.lower(self.state, self._put(batches[0])).compile()
-        self.step_fn = compiled  # the jitted step's executable, compiled once
+        fn = self.trainer.step if self.k == 1 else self.trainer.steps
+        compiled = fn.lower(self.state, self._put(0)).compile()
+        self.step_fn = compiled  # the jitted step's (or K steps') executable, compiled once
         self.compile_s = time.perf_counter() - t
         m = compiled.memory_analysis()
         self.memory = None
@@ -234,20 +240,31 @@ class XlplasticSide:
             }
         self.i = 0
 
-    def _put(self, b: np.ndarray):
-        return self.jax.device_put({"tokens": b}, self.sharding)
+    def _put(self, i: int):
+        """The batches of steps i..i+K-1 on device (as the run loop puts them: one call's worth)."""
+        from xlplastic.calls import put_batches
+
+        local = [{"tokens": self.batches[(i + j) % len(self.batches)]} for j in range(self.k)]
+        return put_batches(local, self.mesh, local[0]["tokens"].shape[0])
+
+    def calls(self, n: int) -> int:
+        return max(1, math.ceil(n / self.k))
 
     def run(self, n: int) -> float:
-        """Runs n steps; seconds from the first dispatch to the last step's results being ready."""
+        """Runs n steps rounded up to whole calls (`steps_run`); seconds from the first dispatch to the
+        last step's results being ready."""
         t = time.perf_counter()
         metrics = None
-        for _ in range(n):
-            self.state, metrics = self.step_fn(self.state, self._put(self.batches[self.i % len(self.batches)]))
-            self.i += 1
+        for _ in range(self.calls(n)):
+            self.state, metrics = self.step_fn(self.state, self._put(self.i))
+            self.i += self.k
         self.jax.block_until_ready((self.state, metrics))
         dt = time.perf_counter() - t
-        self.last_loss = float(metrics["loss"])
+        self.last_loss = float(np.ravel(metrics["loss"])[-1])
         return dt
+
+    def steps_run(self, n: int) -> int:
+        return self.calls(n) * self.k
 
 
 # ----------------------------------------------------------------------------------------------
@@ -327,6 +344,9 @@ class TorchSide:
         self.opt.zero_grad(set_to_none=True)
         return out.loss.detach()
 
+    def steps_run(self, n: int) -> int:
+        return n
+
     def run(self, n: int) -> float:
         t = time.perf_counter()
         loss = None
@@ -402,10 +422,14 @@ def main(argv: list[str] | None = None) -> int:
     if with_torch:  # first, so that its RSS growth is not hidden by memory JAX already holds
         torch_side = TorchSide(args, batches, threads)
         torch_side.warmup(args.warmup)
-    sides: list[tuple[str, Any]] = [("xlplastic", XlplasticSide(args, args.dtype, batches))]
+    k = args.steps_per_call
+    sides: list[tuple[str, Any]] = [("xlplastic", XlplasticSide(args, args.dtype, batches, k))]
     sides[0][1].run(args.warmup)
+    if k > 1:
+        sides.append(("xlplastic-single", XlplasticSide(args, args.dtype, batches, 1)))
+        sides[-1][1].run(args.warmup)
     if args.extra_bf16 and args.dtype != "bfloat16":
-        sides.append(("xlplastic-bf16", XlplasticSide(args, "bfloat16", batches)))
+        sides.append(("xlplastic-bf16", XlplasticSide(args, "bfloat16", batches, k)))
         sides[-1][1].run(args.warmup)
     if torch_side is not None:
         sides.append(("pytorch", torch_side))
@@ -422,7 +446,7 @@ def main(argv: list[str] | None = None) -> int:
         for name, side in sides:
             c = cpu_s()
             wall = side.run(args.steps)
-            times[name].append(wall / args.steps)
+            times[name].append(wall / side.steps_run(args.steps))
             utils[name].append((cpu_s() - c) / wall)
 
     P = math.ceil(args.seq * 0.15)
@@ -464,8 +488,9 @@ def main(argv: list[str] | None = None) -> int:
     result["ratio_best"] = (
         result["xlplastic_best_tokens_per_s"] / result["pytorch_best_tokens_per_s"] if with_torch else None
     )
-    if "xlplastic_bf16_tokens_per_s" in result and with_torch:
-        result["ratio_bf16"] = result["xlplastic_bf16_tokens_per_s"] / result["pytorch_tokens_per_s"]
+    for extra in ("bf16", "single"):
+        if f"xlplastic_{extra}_tokens_per_s" in result and with_torch:
+            result[f"ratio_{extra}"] = result[f"xlplastic_{extra}_tokens_per_s"] / result["pytorch_tokens_per_s"]
 
     import flax
     import optax
@@ -496,6 +521,7 @@ def main(argv: list[str] | None = None) -> int:
                 "rounds": args.rounds,
                 "warmup": args.warmup,
                 "dtype": args.dtype,
+                "steps_per_call": k,
                 "dropout": args.dropout,
                 "mask_prob": 0.15,
                 "threads": threads,
@@ -514,7 +540,8 @@ def main(argv: list[str] | None = None) -> int:
     c = result["config"]
     print(
         f"xlplastic bench train: L={c['layers']} D={c['hidden']} heads={c['heads']} F={c['ffn']} V={c['vocab']} "
-        f"T={c['seq']} B={c['batch']} dtype={c['dtype']}, {c['rounds']}x{c['steps_per_round']} timed steps, {threads} threads"
+        f"T={c['seq']} B={c['batch']} dtype={c['dtype']}, {c['rounds']}x{c['steps_per_round']} timed steps, {threads} threads, "
+        f"xlplastic {k} steps per call"
     )
     print(f"model FLOPs/token {_fmt(model_fpt['total'])}  ({FLOPS_FORMULA})")
     print(f"peak {_fmt(peak_flops, 'FLOP/s')}  ({peak['source']})")
@@ -540,8 +567,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     if ratio is not None:
         print(f"ratio xlplastic / pytorch tokens/s: {ratio:.2f}x (median windows), {result['ratio_best']:.2f}x (best windows)")
-    if "ratio_bf16" in result:
-        print(f"ratio xlplastic-bf16 / pytorch tokens/s: {result['ratio_bf16']:.2f}x")
+    for extra in ("single", "bf16"):
+        if f"ratio_{extra}" in result:
+            print(f"ratio xlplastic-{extra} / pytorch tokens/s: {result[f'ratio_{extra}']:.2f}x")
     write_json(args.json, result)
     return 0
 
