@@ -131,6 +131,17 @@ def test_batch_not_divisible_by_data_times_fsdp(tmp_path, env):
     assert not (tmp_path / "run" / "checkpoints").exists()
 
 
+def test_unknown_compiler_option(tmp_path, env):
+    args = ["--set", "train.compiler_options={xla_cpu_use_onednnn: true}"]
+    assert_one_line_error(
+        run_cli(run_cmd(TINY, tmp_path / "run", *args), env),
+        "train.compiler_options",
+        "xla_cpu_use_onednnn",
+        "expected XLA DebugOptions",
+    )
+    assert not (tmp_path / "run" / "checkpoints").exists()
+
+
 # ---------------------------------------------------------------------------------------------
 # checkpoints: resume a finished tiny run (shared with test_distributed) with a changed or damaged folder
 

@@ -221,6 +221,8 @@ class TrainConfig(_Strict):
     batch_size: int = 32  # global batch, in sequences
     grad_accum: int = 1
     steps_per_call: int = Field(1, ge=1)  # train steps per jitted call (the same result, less per-call work)
+    # XLA DebugOptions the train/eval steps compile with (e.g. train.CPU_ONEDNN_OPTIONS); None = XLA's defaults
+    compiler_options: dict[str, str | bool | int | float] | None = None
     log_every: int = 1
     eval_every: int = 0  # 0 = only at the end
     eval_batches: int = 4

@@ -20,11 +20,32 @@ from jax.sharding import Mesh
 
 from xlplastic import model as model_lib
 from xlplastic.config import Config
+from xlplastic.errors import UserError
 from xlplastic.groups import base_group, label_params
 from xlplastic.masking import mask_tokens
 from xlplastic.forgetting import is_reset, make_reset
 from xlplastic.optim import make_group_lrs, make_optimizer, trainable_groups
 from xlplastic.sharding import activation_rules, batch_sharding, replicated, tree_shardings
+
+
+# A measured opt-in for CPU runs (docs/benchmarks.md): matmuls through oneDNN, the library PyTorch's CPU
+# kernels use, instead of XLA's default YNNPACK; ~12% faster steps on the benchmark model. Not the
+# default: XLA's oneDNN fusion is experimental and aborts the process on some programs (seen with
+# `model.separate.embeddings`: "partition compile failed").
+CPU_ONEDNN_OPTIONS = {"xla_cpu_use_onednn": True, "xla_cpu_experimental_onednn_fusion_type": "LIBRARY_FUSION_TYPE_DOT"}
+
+
+def compiler_options(cfg: Config) -> dict[str, Any]:
+    """`train.compiler_options`, checked once on a trivial program so that a misspelt option is one
+    clear error before any real compilation."""
+    opts = dict(cfg.train.compiler_options or {})
+    if opts:
+        try:
+            jax.jit(lambda x: x + 1, compiler_options=opts).lower(np.float32(0)).compile()
+        except Exception as e:  # XLA's own message names the option and what is wrong with it
+            msg = str(e).splitlines()[0].split("INVALID_ARGUMENT: ")[-1]
+            raise UserError(f"train.compiler_options: {msg}; expected XLA DebugOptions fields and values") from None
+    return opts
 
 
 @dataclass(frozen=True)
@@ -254,12 +275,14 @@ def build_trainer(
             new_state = {"step": step + 1, "params": params, "opt_state": opt_state}
             return new_state, metrics
 
+    xla = compiler_options(cfg)
     bsh = {k: batch_sharding(mesh, nd) for k, nd in objective.batch_ndims.items()}
     step_fn = jax.jit(
         train_step,
         in_shardings=(state_shardings, bsh),
         out_shardings=(state_shardings, rep),
         donate_argnums=(0,),
+        compiler_options=xla,
     )
 
     # K steps in one call (`train.steps_per_call`): the same step scanned over a leading axis of K
@@ -271,6 +294,7 @@ def build_trainer(
         in_shardings=(state_shardings, stacked),
         out_shardings=(state_shardings, rep),
         donate_argnums=(0,),
+        compiler_options=xla,
     )
 
     eval_key = jax.random.PRNGKey(tcfg.seed + 1_000_003)
@@ -281,7 +305,7 @@ def build_trainer(
             loss_sum, (n, correct) = objective.loss(merge(params), params, batch, None)
             return {"loss_sum": loss_sum, "predictions": n, "correct": correct}
 
-    eval_fn = jax.jit(eval_step, in_shardings=(param_shardings, bsh), out_shardings=rep)
+    eval_fn = jax.jit(eval_step, in_shardings=(param_shardings, bsh), out_shardings=rep, compiler_options=xla)
 
     return Trainer(
         cfg=cfg,

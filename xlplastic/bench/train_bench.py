@@ -70,6 +70,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--peak-size", type=int, default=2048, help="matmul size for the measured peak")
     p.add_argument("--skip-torch", action="store_true", help="xlplastic only")
     p.add_argument("--extra-bf16", action="store_true", help="also time xlplastic with bfloat16 compute (extra row)")
+    p.add_argument("--xla-option", action="append", default=[], metavar="KEY=VALUE",
+                   help="an XLA option for xlplastic's steps (train.compiler_options), repeatable; "
+                   "`--xla-option onednn` = train.CPU_ONEDNN_OPTIONS")
     p.add_argument("--steps-per-call", type=int, default=8,
                    help="xlplastic's train.steps_per_call (K steps scanned in one jitted call); with K > 1 the "
                    "1-step-per-call configuration is timed too (extra row)")
@@ -182,6 +185,19 @@ class RssSampler:
 # xlplastic side
 
 
+def xla_options(items: list[str]) -> dict[str, Any]:
+    from xlplastic.train import CPU_ONEDNN_OPTIONS
+
+    out: dict[str, Any] = {}
+    for item in items:
+        if item == "onednn":
+            out.update(CPU_ONEDNN_OPTIONS)
+            continue
+        key, _, value = item.partition("=")
+        out[key] = {"true": True, "false": False}.get(value.lower(), value)
+    return out
+
+
 class XlplasticSide:
     def __init__(self, args, dtype: str, batches: list[np.ndarray], steps_per_call: int = 1):
         import jax
@@ -208,6 +224,8 @@ class XlplasticSide:
                 seed=args.seed,
                 optimizer=OptimizerConfig(),
                 schedule=ScheduleConfig(kind="constant"),
+                steps_per_call=steps_per_call,
+                compiler_options=xla_options(args.xla_option) or None,
             ),
         )
         self.cfg = cfg
@@ -522,6 +540,7 @@ def main(argv: list[str] | None = None) -> int:
                 "warmup": args.warmup,
                 "dtype": args.dtype,
                 "steps_per_call": k,
+                "xla_options": xla_options(args.xla_option),
                 "dropout": args.dropout,
                 "mask_prob": 0.15,
                 "threads": threads,
