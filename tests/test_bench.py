@@ -34,6 +34,9 @@ def test_bench_train_json(root, tmp_path):
                 "xlplastic_peak_memory_bytes", "pytorch_peak_memory_bytes"):
         assert isinstance(data[key], (int, float)) and math.isfinite(data[key]) and data[key] > 0, (key, data[key])
     assert data["ratio"] == pytest.approx(data["xlplastic_tokens_per_s"] / data["pytorch_tokens_per_s"])
+    # xlplastic runs 8 steps per call by default, and the 1-step-per-call configuration is timed beside it
+    assert data["config"]["steps_per_call"] == 8 and data["ratio_single"] > 0
+    assert data["xlplastic_single_tokens_per_s"] > 0
     # the table is printed too
     assert "xlplastic" in proc.stdout and "pytorch" in proc.stdout and "ratio" in proc.stdout
 
