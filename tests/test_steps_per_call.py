@@ -8,18 +8,14 @@ import numpy as np
 import pytest
 from cli_helpers import TINY, checkpoint_steps, losses, train_rows
 
-from xlplastic.calls import call_length
+from xlplastic.calls import call_length, windows
 from xlplastic.config import load_config
 from xlplastic.run import run
 
 
 def test_call_length_ends_calls_where_the_host_acts():
     at = {5, 6}  # e.g. eval at 5, checkpoint at 6
-    plan, s = [], 0
-    while s < 14:
-        n = call_length(s + 1, 14, 4, lambda t: t in at)
-        plan.append(n)
-        s += n
+    plan = [last - first + 1 for first, last in windows(0, 14, 4, lambda t: t in at)]
     # 1-4 in one call; 5 and 6 each end a call; 7-10 together; 11-14 together (14 is the last step)
     assert plan == [4, 1, 1, 4, 4]
     assert call_length(12, 14, 4, lambda t: False) == 1  # not enough steps left for a full call

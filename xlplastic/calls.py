@@ -10,7 +10,7 @@ and nothing compiles again after both have run once.
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import Callable, Iterator
 
 import jax
 import numpy as np
@@ -27,6 +27,15 @@ def call_length(step: int, last: int, k: int, needs_host: Callable[[int], bool])
     if any(needs_host(s) for s in range(step, step + k - 1)):
         return 1
     return k
+
+
+def windows(start: int, last: int, k: int, needs_host: Callable[[int], bool]) -> Iterator[tuple[int, int]]:
+    """The (first, last) steps of each call after step `start` up to step `last`, by `call_length`."""
+    s = start
+    while s < last:
+        first = s + 1
+        s = first + call_length(first, last, k, needs_host) - 1
+        yield first, s
 
 
 def put_batches(local: list[dict[str, np.ndarray]], mesh: Mesh, global_batch: int) -> dict[str, jax.Array]:

@@ -21,7 +21,7 @@ from flax import nnx
 from xlplastic import checkpoint as ckpt_lib
 from xlplastic import model as model_lib
 from xlplastic.assemble import compose_params
-from xlplastic.calls import call_length, metric_rows, put_batches, run_call
+from xlplastic.calls import metric_rows, put_batches, run_call, windows
 from xlplastic.config import Config, TaskConfig, dump_config
 from xlplastic.data.sources import resolve_path
 from xlplastic.data.tokenizers import special_tokens
@@ -206,12 +206,9 @@ def run_task(cfg: Config, run_dir: str | Path, *, stage: str = "task_adapt", sto
     try:
         with jax.transfer_guard("disallow"):
             every = cfg.checkpoint.every
-            s = start
-            while s < tcfg.steps:
-                first = s + 1
-                n = call_length(first, tcfg.steps, tcfg.steps_per_call,
-                                lambda t: bool((every and t % every == 0) or t == stop_at))
-                s = first + n - 1
+            for first, s in windows(start, tcfg.steps, tcfg.steps_per_call,
+                                    lambda t: bool((every and t % every == 0) or t == stop_at)):
+                n = s - first + 1
                 with jax.transfer_guard_host_to_device("allow"):
                     batch = put_batches([_local(train_f.arrays, order.rows(t - 1)) for t in range(first, s + 1)],
                                         mesh, tcfg.batch_size)

@@ -29,7 +29,7 @@ from xlplastic.data.vocabulary import FILENAME as VOCABULARY_FILE
 from xlplastic.errors import UserError
 from xlplastic.metrics import MetricsLog, Progress
 from xlplastic.model import num_params
-from xlplastic.calls import call_length, metric_rows, put_batches, run_call
+from xlplastic.calls import metric_rows, put_batches, run_call, windows
 from xlplastic.sharding import check_batch, describe, make_mesh, put_global_batch
 from xlplastic.train import Specials, build_trainer, mlm_objective
 
@@ -305,11 +305,8 @@ def run(
                 return bool((eval_every and s % eval_every == 0) or (every and s % every == 0)
                             or (probe is not None and probe.due(s)) or s == stop_at)
 
-            s = start
-            while s < total:
-                first = s + 1
-                n = call_length(first, total, tcfg.steps_per_call, needs_host)
-                s = first + n - 1
+            for first, s in windows(start, total, tcfg.steps_per_call, needs_host):
+                n = s - first + 1
                 local = [_batch_arrays(sampler.batch(t - 1, jax.process_index(), jax.process_count()), cfg, lang_ids)
                          for t in range(first, s + 1)]
                 # An explicit host->device copy; with several processes JAX routes it through a path the

@@ -186,16 +186,12 @@ class RssSampler:
 
 
 def xla_options(items: list[str]) -> dict[str, Any]:
+    """`--xla-option` values as `train.compiler_options` (values parse as `--set` values do)."""
+    from xlplastic.config import apply_overrides
     from xlplastic.train import CPU_ONEDNN_OPTIONS
 
-    out: dict[str, Any] = {}
-    for item in items:
-        if item == "onednn":
-            out.update(CPU_ONEDNN_OPTIONS)
-            continue
-        key, _, value = item.partition("=")
-        out[key] = {"true": True, "false": False}.get(value.lower(), value)
-    return out
+    return {**(CPU_ONEDNN_OPTIONS if "onednn" in items else {}),
+            **apply_overrides({}, [i for i in items if i != "onednn"])}
 
 
 class XlplasticSide:
