@@ -85,3 +85,15 @@ def test_every_key_is_documented(root):
 
     missing = sorted({k for k in keys(Config) if f"`{k}`" not in doc and f"`{k.split('.')[-1]}`" not in doc})
     assert not missing, f"undocumented config keys: {missing}"
+
+
+def test_overrides_index_lists():
+    """`--set lab.languages.1.word_order=reverse` edits one element; a bad index is one clear error."""
+    from xlplastic.config import apply_overrides
+
+    raw = {"lab": {"languages": [{"name": "syn"}, {"name": "syn_perm", "permute": 1.0}]}}
+    out = apply_overrides(raw, ["lab.languages.1.word_order=reverse", "lab.seed=7"])
+    assert out["lab"]["languages"] == [{"name": "syn"}, {"name": "syn_perm", "permute": 1.0, "word_order": "reverse"}]
+    assert out["lab"]["seed"] == 7 and raw["lab"]["languages"][1] == {"name": "syn_perm", "permute": 1.0}
+    with pytest.raises(UserError, match=r"lab.languages is a list of 2; expected an index 0..1 where '2' is"):
+        apply_overrides(raw, ["lab.languages.2.word_order=reverse"])

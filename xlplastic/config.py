@@ -77,6 +77,10 @@ class ModelConfig(_Strict):
     attention_dropout: float = 0.1
     layer_norm_eps: float = 1e-5
     init_std: float = 0.02
+    # > 0: a learned attention-score bias per head and relative offset j - i, clipped to +-this (T5; part of
+    # the body group). Not in BERT/RoBERTa: an inductive bias for small lab models, which otherwise spend
+    # thousands of steps on a plateau before attention finds the neighbouring words
+    relative_attention: int = 0
     dtype: Literal["float32", "bfloat16"] = "float32"  # compute dtype; parameters stay param_dtype
     param_dtype: Literal["float32", "bfloat16"] = "float32"
     remat: Literal["none", "block", "attention"] = "none"
@@ -132,6 +136,7 @@ class MeshConfig(_Strict):
             "types": [],
             "languages": [],
             "length": [],
+            "relative": [],
         }
     )
 
@@ -173,7 +178,7 @@ class TokenizerConfig(_Strict):
     """Load `path` (a tokenizer.json) or train one of `kind` on the training corpora."""
 
     path: str | None = None
-    kind: Literal["bpe", "unigram", "wordpiece"] = "bpe"
+    kind: Literal["bpe", "unigram", "wordpiece", "wordlevel"] = "bpe"
     vocab_size: int = 8000
     lowercase: bool = False
     min_frequency: int = 2
@@ -257,6 +262,16 @@ class ForgettingConfig(_Strict):
         return self
 
 
+class MapEmbeddingsConfig(_Strict):
+    """Token embeddings (and every other vocabulary-sized leaf) of this run's vocabulary gathered from
+    another run's through a word dictionary: row t is the row of the source word that the dictionary
+    gives for token t. With a gold dictionary this is the oracle assembly of the lab; both tokenizers
+    must be word-level (one token per word), since only then do tokens correspond one to one."""
+
+    dictionaries: list[str]  # MUSE-format files `source target` (relative to data.data_dir); the first pair of a word wins
+    from_run: str | None = None  # whose embeddings (and tokenizer) are mapped; None = init.from_run
+
+
 class InitConfig(_Strict):
     """Where parameters start: freshly drawn (default) or copied from other runs' latest checkpoints.
     Assembly is this too: `groups_from: {token_embedding: <adapted run>}` over `from_run: <task run>`."""
@@ -265,6 +280,7 @@ class InitConfig(_Strict):
     groups_from: dict[str, str] = Field(default_factory=dict)  # group -> run directory, overriding from_run
     reinit: list[str] = Field(default_factory=list)  # groups drawn fresh instead of copied (N(0, std), pad row 0)
     std: float = 0.02
+    map_embeddings: MapEmbeddingsConfig | None = None  # token embeddings through a word dictionary (the oracle)
 
 
 class TaskConfig(_Strict):
@@ -284,7 +300,9 @@ class TaskConfig(_Strict):
     max_query_len: int = 64
     max_answer_len: int = 30
     punct: Literal["include", "exclude"] = "include"  # parsing: score punctuation (CoNLL 2018) or not
-    pooling: Literal["bos", "mean"] = "bos"  # classification: the bos state (RoBERTa) or the mean over tokens
+    # classification: the bos state (RoBERTa), the mean over tokens, or for sentence pairs each sentence's
+    # mean combined as [u, v, |u-v|, u*v] (InferSent / Sentence-BERT)
+    pooling: Literal["bos", "mean", "pair"] = "bos"
 
 
 class LabLanguageConfig(_Strict):
@@ -303,6 +321,9 @@ class LabLanguageConfig(_Strict):
 class LabConfig(_Strict):
     """A generated family of languages with gold structure (see xlplastic/data/lab.py)."""
 
+    # `phrase`: clauses, noun phrases, agreement and negation (data/phrase.py), with the structural tasks;
+    # `bigram`: the class-bigram grammar of the first lab studies (data/synthetic.py), topic and POS tasks only
+    grammar: Literal["phrase", "bigram"] = "phrase"
     words: int = 1000
     sentences: int = 20000  # training sentences per language
     test_sentences: int = 1000  # held-out sentences per language (task test sets, parallel data)
@@ -316,6 +337,9 @@ class TargetConfig(_Strict):
     language: str
     corpus: CorpusConfig
     tokenizer: TokenizerConfig | None = None  # None = the experiment's data.tokenizer settings
+    # MUSE-format source->target dictionaries for the oracle assembly (`pipeline.embeddings: [oracle]`);
+    # empty = the lab's gold dictionary when the target is a lab language
+    dictionary: list[str] = Field(default_factory=list)
 
 
 class PipelineConfig(_Strict):
@@ -329,10 +353,17 @@ class PipelineConfig(_Strict):
     seeds: list[int] = Field(default_factory=lambda: [0])  # one replicate per seed: pretraining AND adaptation
     targets: list[TargetConfig] = Field(default_factory=list)
     budgets: list[int] = Field(default_factory=lambda: [5_000_000])  # adaptation tokens (first N of the corpus)
+    # new-embedding draws per (model, seed, target, budget): each language adaptation re-draws the embeddings and
+    # orders its data with its own seed (zero-shot varies as much with the draw as with the pretraining seed)
+    draws: int = Field(1, ge=1)
     pretrain: dict[str, Any] = Field(default_factory=dict)
     language_adapt: dict[str, Any] = Field(default_factory=dict)
     task_adapt: dict[str, Any] = Field(default_factory=dict)
     pretrained: dict[str, str] = Field(default_factory=dict)  # model name -> existing run dir: skip its pretraining
+    # which token embeddings the evaluate stage puts into each task-adapted body: `adapted` (relearned by
+    # language adaptation, per budget) and/or `oracle` (the source embeddings through the target's gold
+    # dictionary: the upper bound any relearning can reach; word-level tokenizers only)
+    embeddings: list[Literal["adapted", "oracle"]] = Field(default_factory=lambda: ["adapted"])
 
 
 class DictionaryConfig(_Strict):
@@ -474,7 +505,8 @@ def load_raw(path: str | Path, _seen: tuple[Path, ...] = ()) -> dict[str, Any]:
 
 
 def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
-    """`key.sub=value` overrides; values parse as YAML scalars (`3`, `1e-4`, `true`, `[a, b]`)."""
+    """`key.sub=value` overrides; values parse as YAML scalars (`3`, `1e-4`, `true`, `[a, b]`); a number
+    after a list indexes it (`lab.languages.1.word_order=reverse`)."""
     out = copy.deepcopy(raw)
     for item in overrides:
         if "=" not in item:
@@ -486,11 +518,21 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
             parsed = value
         node = out
         parts = key.strip().split(".")
-        for p in parts[:-1]:
-            if not isinstance(node.get(p), dict):
-                node[p] = {}
-            node = node[p]
-        node[parts[-1]] = parsed
+        for i, p in enumerate(parts):
+            if isinstance(node, list):  # `lab.languages.1.word_order=reverse`: an element of a list by index
+                if not (p.isdigit() and int(p) < len(node)):
+                    raise UserError(f"--set {key}: {'.'.join(parts[:i]) or key} is a list of {len(node)}; "
+                                    f"expected an index 0..{len(node) - 1} where {p!r} is")
+                p = int(p)
+            elif not isinstance(node, dict):
+                raise UserError(f"--set {key}: {'.'.join(parts[:i])} is a value, not a section; expected a key "
+                                "that exists in the config or a new one under a section")
+            if i == len(parts) - 1:
+                node[p] = parsed
+            else:
+                if isinstance(node, dict) and not isinstance(node.get(p), (dict, list)):
+                    node[p] = {}
+                node = node[p]
     return out
 
 

@@ -87,6 +87,17 @@ class Attention(nnx.Module):
         self.qkv_bias = _param(rngs, (3, N, H), ("qkv", "heads", "kv"), None, pd)
         self.out_kernel = _param(rngs, (N, H, D), ("heads", "kv", "embed"), std, pd)
         self.out_bias = _param(rngs, (D,), ("embed",), None, pd)
+        if cfg.relative_attention:  # T5-style learned bias per head and clipped offset j - i
+            R = cfg.relative_attention
+            self.relative_bias = _param(rngs, (N, 2 * R + 1), ("heads", "relative"), None, pd)
+
+    def _bias(self, T: int):
+        """[1, N, T, T] attention-score bias from the relative offsets, or None."""
+        if not self.cfg.relative_attention:
+            return None
+        R = self.cfg.relative_attention
+        off = jnp.clip(jnp.arange(T)[None, :] - jnp.arange(T)[:, None], -R, R) + R  # [T, T]
+        return jnp.take(self.relative_bias[...].astype(jnp.float32), off, axis=1)[None]
 
     def __call__(self, x_BxTxD, lengths_B, key):
         cfg, dt = self.cfg, x_BxTxD.dtype
@@ -98,15 +109,19 @@ class Attention(nnx.Module):
             # jax.nn.dot_product_attention has no dropout: take the explicit path while training with it.
             scale = q_BxTxNxH.shape[-1] ** -0.5
             s = jnp.einsum("btnh,bsnh->bnts", q_BxTxNxH, k_BxTxNxH, preferred_element_type=jnp.float32) * scale
+            if (bias := self._bias(x_BxTxD.shape[1])) is not None:
+                s = s + bias
             valid = jnp.arange(x_BxTxD.shape[1])[None, :] < lengths_B[:, None]
             s = jnp.where(valid[:, None, None, :], s, jnp.finfo(jnp.float32).min)
             p = dropout(jax.nn.softmax(s, axis=-1), cfg.attention_dropout, key).astype(dt)
             o_BxTxNxH = jnp.einsum("bnts,bsnh->btnh", p, v_BxTxNxH)
         else:
+            bias = self._bias(x_BxTxD.shape[1])
             o_BxTxNxH = jax.nn.dot_product_attention(
                 q_BxTxNxH,
                 k_BxTxNxH,
                 v_BxTxNxH,
+                bias=None if bias is None else bias.astype(q_BxTxNxH.dtype),
                 key_value_seq_lengths=lengths_B,
                 implementation=cfg.attention_impl,
             )
@@ -191,7 +206,7 @@ class Encoder(nnx.Module):
         if not sep.embeddings:
             self.token_embed = _param(rngs, (vocab_size, D), ("vocab", "embed"), std, pd)
         if not sep.position_copies:
-            self.position_embed = _param(rngs, (cfg.max_positions, D), ("positions", "embed"), std, pd)
+            self.position_embed = _param(rngs, (cfg.max_positions, cfg.hidden_size), ("positions", "embed"), std, pd)
         if cfg.type_vocab_size:
             self.type_embed = _param(rngs, (cfg.type_vocab_size, D), ("types", "embed"), std, pd)
         if cfg.num_languages:

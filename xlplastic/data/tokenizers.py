@@ -1,4 +1,4 @@
-"""Subword tokenizers: train (byte-level BPE, unigram, WordPiece), load, and find the special tokens.
+"""Tokenizers: train (byte-level BPE, unigram, WordPiece, word-level), load, and find the special tokens.
 
 Why: the trainer needs one `tokenizers.Tokenizer` whatever its kind, plus the ids of pad/mask/bos/eos/
 unk under either convention (RoBERTa `<s>..` or BERT `[CLS]..`). No post-processor inserts specials:
@@ -78,7 +78,20 @@ def _wordpiece(cfg: TokenizerConfig) -> tuple[Tokenizer, trainers.Trainer]:
     return tok, trainer
 
 
-_BUILDERS = {"bpe": _bpe, "unigram": _unigram, "wordpiece": _wordpiece}
+def _wordlevel(cfg: TokenizerConfig) -> tuple[Tokenizer, trainers.Trainer]:
+    """One token per whitespace-separated word (the lab's words): source and target tokens then
+    correspond one to one through a word dictionary, which the oracle assembly needs."""
+    tok = Tokenizer(models.WordLevel(unk_token="<unk>"))
+    if cfg.lowercase:
+        tok.normalizer = normalizers.Lowercase()
+    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    trainer = trainers.WordLevelTrainer(
+        vocab_size=cfg.vocab_size, min_frequency=cfg.min_frequency, special_tokens=list(ROBERTA_SPECIALS), show_progress=False
+    )
+    return tok, trainer
+
+
+_BUILDERS = {"bpe": _bpe, "unigram": _unigram, "wordpiece": _wordpiece, "wordlevel": _wordlevel}
 
 
 def train_tokenizer(texts: Iterable[str], cfg: TokenizerConfig) -> Tokenizer:

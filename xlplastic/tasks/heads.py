@@ -50,24 +50,34 @@ class _Dense(nnx.Module):
 
 
 class ClassificationHead(nnx.Module):
-    """RoBERTa's head: dropout, dense D->D + tanh on the bos state (or the mean over `pool_mask`), dropout,
-    out D->labels."""
+    """RoBERTa's head: dropout, dense + tanh on the pooled state, dropout, out -> labels. Pooling: the bos
+    state; or the mean over `pool_mask`; or, for pairs (`pool_a`, `pool_b`: the two segments' tokens),
+    each segment's mean state u, v combined as [u, v, |u - v|, u * v] (InferSent / Sentence-BERT), so
+    the head compares two sentence representations the body computed."""
 
-    def __init__(self, cfg: ModelConfig, n: int, rngs: nnx.Rngs):
+    def __init__(self, cfg: ModelConfig, n: int, rngs: nnx.Rngs, pooling: str = "bos"):
         pd, std, D = _DTYPES[cfg.param_dtype], cfg.init_std, cfg.hidden_size
         self.rate = cfg.dropout
-        self.dense = _Dense(rngs, D, D, ("embed", "hidden"), std, pd)
+        self.dense = _Dense(rngs, 4 * D if pooling == "pair" else D, D, ("embed", "hidden"), std, pd)
         self.out = _Dense(rngs, D, n, ("hidden", "labels"), std, pd)
 
     def __call__(self, h_BxTxD, batch, key):
         k1, k2 = _keys(key, 2)
-        if "pool_mask" in batch:  # mean over the tokens (task.pooling: mean) instead of the bos state
-            m_BxT = batch["pool_mask"].astype(f32)
-            pooled = (h_BxTxD.astype(f32) * m_BxT[..., None]).sum(1) / jnp.maximum(m_BxT.sum(1, keepdims=True), 1.0)
+        h = h_BxTxD.astype(f32)
+        if "pool_a" in batch:
+            u, v = _masked_mean(h, batch["pool_a"]), _masked_mean(h, batch["pool_b"])
+            pooled = jnp.concatenate([u, v, jnp.abs(u - v), u * v], -1)
+        elif "pool_mask" in batch:  # mean over the tokens (task.pooling: mean) instead of the bos state
+            pooled = _masked_mean(h, batch["pool_mask"])
         else:
-            pooled = h_BxTxD[:, 0].astype(f32)
+            pooled = h[:, 0]
         x = jnp.tanh(self.dense(dropout(pooled, self.rate, k1)))
         return self.out(dropout(x, self.rate, k2))  # [B, L]
+
+
+def _masked_mean(h_BxTxD, m_BxT):
+    m = m_BxT.astype(f32)
+    return (h_BxTxD * m[..., None]).sum(1) / jnp.maximum(m.sum(1, keepdims=True), 1.0)
 
 
 class TaggingHead(nnx.Module):
@@ -143,9 +153,11 @@ class QAHead(nnx.Module):
 _HEADS = {"classification": ClassificationHead, "pos": TaggingHead, "ner": TaggingHead, "parsing": BiaffineHead, "qa": QAHead}
 
 
-def create_head(kind: str, model_cfg: ModelConfig, num_labels: int, seed: int) -> nnx.Module:
+def create_head(kind: str, model_cfg: ModelConfig, num_labels: int, seed: int, pooling: str = "bos") -> nnx.Module:
     if kind not in _HEADS:
         raise ValueError(f"unknown task kind {kind!r}; expected one of {', '.join(_HEADS)}")
+    if kind == "classification":
+        return ClassificationHead(model_cfg, num_labels, nnx.Rngs(params=seed), pooling)
     return _HEADS[kind](model_cfg, num_labels, nnx.Rngs(params=seed))
 
 
