@@ -10,7 +10,7 @@ import pytest
 from xlplastic.config import LabConfig, LabLanguageConfig
 from xlplastic.data import synthetic as syn
 from xlplastic.data.lab import (
-    SCRIPTS, VERB, build_language, dict_split, render, transform_text, transform_text_file, write_lab,
+    SCRIPTS, VERB, build_language, lab_grammar, dict_split, render, transform_text, transform_text_file, write_lab,
 )
 from xlplastic.errors import UserError
 
@@ -93,7 +93,7 @@ def test_no_anchors_and_dictionary_reproduces_the_parallel_corpus(lab):
 
 def test_half_permuted_shares_half_the_types(lab):
     cfg, out, files = lab
-    grammar = syn.make_grammar(cfg.words, cfg.seed)
+    grammar = lab_grammar(cfg)
     lang = build_language(grammar, cfg.languages[2])
     same = np.array(lang.surface) == np.array(grammar.words)
     assert same.sum() == cfg.words // 2  # gold share is exact: round(V * (1 - p)) anchors
@@ -126,7 +126,7 @@ def test_render_orders_and_alignments():
 
 def test_gold_pos_matches_grammar_and_verb_final_alignment(lab):
     cfg, _, files = lab
-    grammar = syn.make_grammar(cfg.words, cfg.seed)
+    grammar = lab_grammar(cfg)
     base_class = {w: syn.CLASSES[c] for w, c in zip(grammar.words, grammar.word_class)}
     src_test = read_pos(files["src"]["pos_test"])
     assert len(src_test) == cfg.test_sentences

@@ -33,12 +33,13 @@ from pathlib import Path
 import numpy as np
 
 from xlplastic.config import LabConfig, LabLanguageConfig
-from xlplastic.data.synthetic import (
-    _CODAS, _ONSETS, _VOWELS, CLASSES, MAX_LEN, NUM_TOPICS, Grammar, make_grammar, sample_ids, word_frequencies,
-)
+from xlplastic.data import lab_tasks
+from xlplastic.data.phrase import MIN_WORDS as PHRASE_MIN_WORDS
+from xlplastic.data.phrase import NUMBER_NAMES, make_phrase_grammar
+from xlplastic.data.synthetic import _CODAS, _ONSETS, _VOWELS, CLASSES, MAX_LEN, NUM_TOPICS, Grammar, make_grammar
 from xlplastic.errors import UserError
 
-FORMAT = "xlplastic-lab/1"  # bump when the files written for a given config change
+FORMAT = "xlplastic-lab/2"  # bump when the files written for a given config change
 WORD_ORDERS = ("same", "reverse", "verb_final")
 VERB = CLASSES.index("VERB")
 TOPIC_TASK_MAX = 4000  # sentences of a language's own text in its topic/POS training files
@@ -78,6 +79,7 @@ class LabLanguage:
     word_class: tuple[int, ...] = ()  # [V] class index of each base word (needed by "verb_final")
     script: str = "latin"  # alphabet of the fresh forms ("latin" when nothing is permuted)
     permuted: tuple[bool, ...] = ()  # [V] True where the base word got a fresh form
+    number: tuple[int, ...] = ()  # [V] grammatical number of each base word (0 none, 1 sg, 2 pl)
 
 
 def _name_key(name: str) -> int:
@@ -106,6 +108,13 @@ def _spec_error(where: str, spec: LabLanguageConfig) -> str | None:
     return None
 
 
+def lab_grammar(cfg: LabConfig):
+    """The lab's base grammar (`lab.grammar`): phrase structure (default) or class bigrams."""
+    if cfg.grammar == "phrase":
+        return make_phrase_grammar(cfg.words, cfg.seed)
+    return make_grammar(cfg.words, cfg.seed)
+
+
 def check_lab_config(cfg: LabConfig | dict) -> LabConfig:
     """Validates (and, from a dict, builds) a LabConfig; raises UserError naming the key."""
     if isinstance(cfg, dict):
@@ -113,8 +122,9 @@ def check_lab_config(cfg: LabConfig | dict) -> LabConfig:
             cfg = LabConfig.model_validate(cfg)
         except Exception as e:  # pydantic's ValidationError: keep its first line
             raise UserError(f"lab: {str(e).splitlines()[0]}; expected a lab config (see docs/lab.md)") from None
-    if cfg.words < len(CLASSES):
-        raise UserError(f"lab.words is {cfg.words}; expected at least {len(CLASSES)} (one word per class)")
+    least = PHRASE_MIN_WORDS if cfg.grammar == "phrase" else len(CLASSES)
+    if cfg.words < least:
+        raise UserError(f"lab.words is {cfg.words}; expected at least {least} for the {cfg.grammar} grammar")
     if cfg.sentences < 1 or cfg.test_sentences < 1:
         raise UserError(f"lab.sentences is {cfg.sentences} and lab.test_sentences is {cfg.test_sentences}; "
                         "expected both at least 1")
@@ -198,7 +208,7 @@ def build_language(grammar: Grammar, spec: LabLanguageConfig) -> LabLanguage:
         raise UserError(msg)
     V = len(grammar.words)
     rng = np.random.default_rng([spec.seed, _name_key(spec.name), 0x1AB])
-    freq = word_frequencies(grammar)
+    freq = grammar.frequencies()
     rank = np.lexsort((np.arange(V), -freq))  # most frequent first, ties by id
     strata = [rank[grammar.word_class[rank] == c] for c in range(len(CLASSES))]
     chosen = np.sort(_stratified_pick(strata, float(spec.permute), rng))
@@ -212,7 +222,8 @@ def build_language(grammar: Grammar, spec: LabLanguageConfig) -> LabLanguage:
             surface[i] = w
         permuted[chosen] = True
     return LabLanguage(spec.name, tuple(surface), spec.word_order,
-                       tuple(int(c) for c in grammar.word_class), script, tuple(bool(x) for x in permuted))
+                       tuple(int(c) for c in grammar.word_class), script, tuple(bool(x) for x in permuted),
+                       tuple(int(x) for x in grammar.number))
 
 
 def _order(word_order: str, is_verb: np.ndarray | None, ids: np.ndarray, lengths: np.ndarray) -> np.ndarray:
@@ -282,9 +293,11 @@ def _lines_text(lines: Iterable[str]) -> str:
 
 
 def _conllu(lang: LabLanguage, split: str, r: _Rendered, topics: np.ndarray) -> str:
-    """CoNLL-U with gold UPOS = the word's class (LEMMA, XPOS, FEATS, HEAD, DEPREL, DEPS, MISC = _)."""
-    token = np.array([f"\t{w}\t_\t{CLASSES[c]}\t_\t_\t_\t_\t_\t_\n"
-                      for w, c in zip(lang.surface, lang.word_class)], dtype=object)
+    """CoNLL-U with gold UPOS = the word's class and FEATS = its number (LEMMA, XPOS, HEAD, DEPREL, DEPS,
+    MISC = _)."""
+    feats = [f"Number={NUMBER_NAMES[n]}" if n else "_" for n in (lang.number or (0,) * len(lang.surface))]
+    token = np.array([f"\t{w}\t_\t{CLASSES[c]}\t_\t{f}\t_\t_\t_\t_\n"
+                      for w, c, f in zip(lang.surface, lang.word_class, feats)], dtype=object)
     num = [str(i) for i in range(1, MAX_LEN + 1)]
     out = []
     for k, (line, row) in enumerate(zip(r.lines, r.ids)):
@@ -298,15 +311,50 @@ def _topic_tsv(lines: list[str], topics: np.ndarray) -> str:
     return "label\ttext\n" + "".join(f"t{t}\t{line}\n" for t, line in zip(topics, lines))
 
 
+def _lines_of(lang: LabLanguage, sents: list[np.ndarray]) -> list[str]:
+    """Base sentences (id arrays of any lengths) rendered in `lang`, one line each."""
+    if not sents:
+        return []
+    lengths = np.array([len(x) for x in sents])
+    ids = np.zeros((len(sents), int(lengths.max())), np.int64)
+    for i, x in enumerate(sents):
+        ids[i, : len(x)] = x
+    return _render_many(lang, ids, lengths, detail=0).lines
+
+
+def _nli_tsv(lang: LabLanguage, pairs) -> str:
+    premises = _lines_of(lang, [a for a, _, _ in pairs])
+    hypotheses = _lines_of(lang, [b for _, b, _ in pairs])
+    return "label\tpremise\thypothesis\n" + "".join(
+        f"{label}\t{p}\t{h}\n" for (_, _, label), p, h in zip(pairs, premises, hypotheses))
+
+
+def _single_tsv(lang: LabLanguage, items) -> str:
+    lines = _lines_of(lang, [x for x, _ in items])
+    return "label\ttext\n" + "".join(f"{label}\t{line}\n" for (_, label), line in zip(items, lines))
+
+
 def _lang_files(name: str) -> dict[str, str]:
     return {"train": f"{name}.train.txt", "valid": f"{name}.valid.txt",
             "topic_train": f"{name}.topic.train.tsv", "topic_test": f"{name}.topic.test.tsv",
-            "pos_train": f"{name}.pos.train.conllu", "pos_test": f"{name}.pos.test.conllu"}
+            "pos_train": f"{name}.pos.train.conllu", "pos_test": f"{name}.pos.test.conllu",
+            "nli_train": f"{name}.nli.train.tsv", "nli_test": f"{name}.nli.test.tsv",
+            "agreement_train": f"{name}.agreement.train.tsv", "agreement_test": f"{name}.agreement.test.tsv"}
 
 
 def _pair_files(pair: str) -> dict[str, str]:
     return {"dict_train": f"dict.{pair}.{0}-{DICT_TRAIN}.txt", "dict_test": f"dict.{pair}.{DICT_TRAIN}-{DICT_END}.txt",
             "parallel": f"parallel.{pair}.tsv", "align": f"parallel.{pair}.align"}
+
+
+def gold_dictionaries(cfg: LabConfig, language: str) -> list[str]:
+    """The lab's gold dictionary files source -> `language` (relative to the lab folder); [] when
+    `language` is the source or not a lab language."""
+    names = [l.name for l in cfg.languages]
+    if language not in names[1:]:
+        return []
+    files = _pair_files(f"{names[0]}-{language}")
+    return [files["dict_train"], files["dict_test"]]
 
 
 def dict_split(num_words: int) -> tuple[int, int]:
@@ -357,13 +405,17 @@ def write_lab(cfg: LabConfig | dict, out_dir: str | Path) -> dict[str, dict[str,
     if old is not None:
         (out / "lab.json").unlink()  # from here until the end, the folder claims no complete lab
 
-    grammar = make_grammar(cfg.words, cfg.seed)
+    grammar = lab_grammar(cfg)
     V = cfg.words
     langs = [build_language(grammar, spec) for spec in cfg.languages]
     src = langs[0]
     n_valid = max(200, cfg.sentences // 50)
     n_task = min(TOPIC_TASK_MAX, cfg.sentences)
-    t_ids, t_len, t_top = sample_ids(grammar, cfg.test_sentences, np.random.default_rng([cfg.seed, 0x7E57]))
+    t_ids, t_len, t_top = grammar.sample_ids(cfg.test_sentences, np.random.default_rng([cfg.seed, 0x7E57]))
+    structural = grammar.kind == "phrase"
+    if structural:  # the structural tasks' test items are the same base sentences in every language (parallel)
+        nli_test = lab_tasks.nli_pairs(grammar, cfg.test_sentences, np.random.default_rng([cfg.seed, 0x7E57, 1]))
+        agr_test = lab_tasks.agreement_items(grammar, cfg.test_sentences, np.random.default_rng([cfg.seed, 0x7E57, 2]))
 
     rel: dict[str, dict[str, str]] = {}
     stats: dict[str, dict] = {}
@@ -371,7 +423,7 @@ def write_lab(cfg: LabConfig | dict, out_dir: str | Path) -> dict[str, dict[str,
     train_types: dict[str, set[str]] = {}
     for spec, lang in zip(cfg.languages, langs):
         rng = np.random.default_rng([spec.seed, _name_key(spec.name), 0x5A3])
-        ids, lengths, topics = sample_ids(grammar, cfg.sentences + n_valid, rng, spec.topics)
+        ids, lengths, topics = grammar.sample_ids(cfg.sentences + n_valid, rng, spec.topics)
         r = _render_many(lang, ids, lengths, detail=n_task)
         test = tests[lang.name] = _render_many(lang, t_ids, t_len)
         task = _Rendered(r.lines[:n_task], r.ids, r.perm)
@@ -382,9 +434,19 @@ def write_lab(cfg: LabConfig | dict, out_dir: str | Path) -> dict[str, dict[str,
         _write(out / names["topic_test"], _topic_tsv(test.lines, t_top))
         _write(out / names["pos_train"], _conllu(lang, "train", task, topics))
         _write(out / names["pos_test"], _conllu(lang, "test", test, t_top))
+        if structural:
+            task_rng = np.random.default_rng([spec.seed, _name_key(spec.name), 0x7A5C])
+            _write(out / names["nli_train"], _nli_tsv(lang, lab_tasks.nli_pairs(grammar, n_task, task_rng, spec.topics)))
+            _write(out / names["nli_test"], _nli_tsv(lang, nli_test))
+            agr = lab_tasks.agreement_items(grammar, n_task, task_rng, spec.topics)
+            _write(out / names["agreement_train"], _single_tsv(lang, agr))
+            _write(out / names["agreement_test"], _single_tsv(lang, agr_test))
+        else:
+            for k in ("nli_train", "nli_test", "agreement_train", "agreement_test"):
+                del names[k]
         for d, weights in sorted(spec.domains.items()):  # other domains: their own draws, same language
             d_rng = np.random.default_rng([spec.seed, _name_key(spec.name), _name_key(d), 0xD0])
-            d_ids, d_len, _ = sample_ids(grammar, cfg.sentences, d_rng, weights)
+            d_ids, d_len, _ = grammar.sample_ids(cfg.sentences, d_rng, weights)
             names[f"train_{d}"] = f"{lang.name}.{d}.train.txt"
             _write(out / names[f"train_{d}"], _lines_text(_render_many(lang, d_ids, d_len, detail=0).lines))
 
@@ -409,7 +471,7 @@ def write_lab(cfg: LabConfig | dict, out_dir: str | Path) -> dict[str, dict[str,
             "topics_measured": [round(float(x), 6) for x in emp],
         }
 
-    rank = np.lexsort((np.arange(V), -word_frequencies(grammar)))
+    rank = np.lexsort((np.arange(V), -grammar.frequencies()))
     end_train, end_test = dict_split(V)
     for lang in langs[1:]:
         pair = f"{src.name}-{lang.name}"

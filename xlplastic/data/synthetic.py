@@ -47,6 +47,18 @@ class Grammar:
     start: np.ndarray  # [C] first-class distribution
     next_class: np.ndarray  # [V, C] next-class distribution of each word (its signature)
     word_given_class: np.ndarray  # [T, C, V] P(word | class, topic); zero outside the class
+    kind: str = "bigram"
+
+    @property
+    def number(self) -> np.ndarray:
+        """[V] grammatical number of each word: none in this grammar (see phrase.py)."""
+        return np.zeros(len(self.words), np.int64)
+
+    def sample_ids(self, n: int, rng: np.random.Generator, topic_probs=None):
+        return sample_ids(self, n, rng, topic_probs)
+
+    def frequencies(self) -> np.ndarray:
+        return word_frequencies(self)
 
 
 @dataclass(frozen=True)
