@@ -21,7 +21,7 @@ OVER = [
     "data.tokenizer.vocab_size=300", "data.eval_sequences=8", "mesh.data=-1",
     "train.steps=12", "train.batch_size=8", "train.progress=false", "train.log_every=1",
     "pipeline.models.forgetting.forgetting.every=5",
-    "pipeline.budgets=[3000]",
+    "pipeline.budgets=[3000]", "pipeline.draws=1",
     "pipeline.task_adapt.train.steps=6", "pipeline.language_adapt.train.steps=6",
     "task.max_train_examples=200",
 ]
@@ -93,6 +93,25 @@ def test_results_rows_resets_and_report(experiment):
     assert [r["step"] for r in metrics if r.get("reset")] == [5, 10]
     report = (d / "report.md").read_text()
     assert "pretrain_loss.png" in report and (d / "pretrain_loss.png").is_file()
+    # the report leads with the headline table: source / zero-shot / oracle per model, then what they mean
+    head = report.split("## Headline: nli accuracy (wordlevel tokenizer)", 1)[1].split("**Reading:**")[0]
+    assert "| model | source (syn) | zero-shot syn_perm, 3k tokens | oracle syn_perm |" in head
+    assert "| chance (majority label) |" in head and (d / "headline.png").is_file()
+
+
+def test_oracle_equals_source_on_a_pure_permutation(experiment):
+    """syn_perm re-spells every word and keeps the order: with the gold embeddings the body sees exactly the
+    source sentences, so the oracle's zero-shot score IS the source score, bit for bit."""
+    _, d, result = experiment
+    rows = result.results["summary"]
+    for m in ("standard", "forgetting"):
+        src = [r["value"] for r in rows if r["stage"] == "task_adapt" and r["model"] == m and r["language"] == "syn"]
+        orc = [r["value"] for r in rows if r["stage"] == "oracle" and r["model"] == m and r["language"] == "syn_perm"]
+        assert len(src) == len(orc) == 1 and orc == src, m
+    task, oracle = _params(d / "task_adapt/standard-s0"), _params(d / "oracle/standard-s0/syn_perm")
+    assert _eq(_without(oracle, "token_embed", "mlm_head"), _without(task, "token_embed", "mlm_head"))
+    # a permutation of the rows: the same multiset of embedding rows (up to unused ones)
+    assert {tuple(r) for r in np.asarray(oracle["token_embed"])} <= {tuple(r) for r in np.asarray(task["token_embed"])}
 
 
 def test_rerun_skips_complete_stages(experiment, capsys):
@@ -100,7 +119,7 @@ def test_rerun_skips_complete_stages(experiment, capsys):
     before = (d / "evaluate/standard-s0/syn_perm-3000/results.json").stat().st_mtime_ns
     again = run_pipeline(cfg, d)
     out = capsys.readouterr().out
-    assert out.count("complete, skipped") == 8
+    assert out.count("complete, skipped") == 10  # pretrain, task_adapt, oracle, language_adapt, evaluate x 2 models
     assert (d / "evaluate/standard-s0/syn_perm-3000/results.json").stat().st_mtime_ns == before
     assert again.results["summary"] == result.results["summary"]
 

@@ -90,3 +90,30 @@ def test_partial_reports(tmp_path):
     assert _embedded(report) == ["zero_shot.png"]
     text = report.read_text()
     assert "| pos | f1 | de | 1,000 | 0.7000 (n=1) |" in text and "forgetting − standard" not in text
+
+
+def test_headline_table_and_reading(tmp_path):
+    """Source, zero-shot (pooled over seeds and draws) and oracle per model, chance, and the sentence."""
+    rows = []
+    for m, zs in (("standard", [0.4, 0.5, 0.6]), ("forgetting", [0.8, 0.9, 0.7])):
+        rows.append(dict(model=m, stage="task_adapt", task="nli", language="syn", metric="accuracy", value=0.98, seed=0))
+        rows.append(dict(model=m, stage="oracle", task="nli", language="syn_perm", metric="accuracy", value=0.98, seed=0))
+        for k, v in enumerate(zs):
+            rows.append(dict(model=m, stage="evaluate", task="nli", language="syn_perm", metric="accuracy", value=v,
+                             seed=0, budget=5000, draw=k))
+    headline = {"task": "nli", "metric": "accuracy", "source": "syn", "chance": {"syn": 1 / 3, "syn_perm": 1 / 3},
+                "tokenizer": "wordlevel"}
+    report = write_pipeline_report(tmp_path, "qs", rows, {}, headline=headline)
+    text = report.read_text()
+    assert text.index("## Headline: nli accuracy (wordlevel tokenizer)") < text.index("## Zero-shot results")
+    assert "| model | source (syn) | zero-shot syn_perm, 5k tokens | oracle syn_perm |" in text
+    assert "| standard | 0.9800 (n=1) | 0.5000 ± 0.1000 (n=3) | 0.9800 (n=1) |" in text
+    assert "| forgetting − standard | +0.0000 | +0.3000 | +0.0000 |" in text
+    assert "| chance (majority label) | 0.3333 | 0.3333 | 0.3333 |" in text
+    reading = next(line for line in text.splitlines() if line.startswith("**Reading:**"))
+    # (0.5 - 1/3) / (0.98 - 1/3) = 26%; (0.8 - 1/3) / (0.98 - 1/3) = 72%
+    assert "standard 0.500 ± 0.100 (n=3), 26% of the way" in reading and "forgetting 0.800 ± 0.100 (n=3), 72%" in reading
+    assert "oracle is within 0.000 of the source score, so the task body carries over intact" in reading
+    assert "![headline: source, zero-shot and oracle](headline.png)" in text
+    assert (tmp_path / "headline.png").read_bytes().startswith(PNG_SIGNATURE)
+    assert "## Oracle assembly" in text

@@ -9,7 +9,12 @@ assembly is "from the task-adapted run, token embeddings from the language-adapt
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import jax
+import jax.numpy as jnp
+import numpy as np
 
 from xlplastic import checkpoint as ckpt_lib
 from xlplastic.config import InitConfig
@@ -21,7 +26,7 @@ _INIT_STREAM = 0x1A17
 
 
 def compose_params(icfg: InitConfig, params: dict, trainer, *, seed: int, pad_id: int,
-                   tokenizer_sha: str | None = None, log=print) -> dict:
+                   tokenizer_sha: str | None = None, tokenizer=None, data_dir: str | None = None, log=print) -> dict:
     """`params` (this run's fresh, sharded initialisation by `trainer`) with each group replaced as `icfg` says."""
     labels, shardings = trainer.labels, trainer.param_shardings
     flat_labels = {path_str(p): g for p, g in jax.tree_util.tree_leaves_with_path(labels)}
@@ -32,6 +37,8 @@ def compose_params(icfg: InitConfig, params: dict, trainer, *, seed: int, pad_id
     for g in sorted(set(flat_labels.values())):
         if any(selects(s, g) for s in icfg.reinit):
             continue
+        if icfg.map_embeddings is not None and base_group(g) == "token_embedding":
+            continue  # gathered through the dictionary below
         run = _source(icfg, g)
         if run is not None:
             sources.setdefault(run, []).append(g)
@@ -70,6 +77,8 @@ def compose_params(icfg: InitConfig, params: dict, trainer, *, seed: int, pad_id
         restored, _ = ckpt_lib.load_params(run, abstract, take)
         out = _overlay(out, restored)
         log(f"init: {', '.join(groups)} from {run}" + (f" (fresh, new vocabulary: {', '.join(kept)})" if kept else ""))
+    if icfg.map_embeddings is not None:
+        out = _overlay(out, map_vocabulary(icfg, abstract, flat_axes, tokenizer, data_dir, log))
     if icfg.reinit:
         key = jax.random.fold_in(jax.random.PRNGKey(seed), _INIT_STREAM)
         out = jax.jit(
@@ -78,6 +87,108 @@ def compose_params(icfg: InitConfig, params: dict, trainer, *, seed: int, pad_id
         )(out)
         log(f"init: {', '.join(icfg.reinit)} drawn fresh, N(0, {icfg.std}), pad row zero")
     return out
+
+
+def _is_wordlevel(tok) -> bool:
+    return json.loads(tok.to_str()).get("model", {}).get("type") == "WordLevel"
+
+
+def vocabulary_map(src_tok, tgt_tok, tgt_to_src: dict[str, list[str]], size: int) -> tuple[np.ndarray, int]:
+    """[size] source row of each target token id (specials by role, words through the dictionary, the
+    rest, and ids past the tokenizer, to the source's unk); and how many target words had no source row."""
+    from xlplastic.data.tokenizers import special_tokens
+
+    s_sp, t_sp = special_tokens(src_tok), special_tokens(tgt_tok)
+    roles = {getattr(t_sp, r): getattr(s_sp, r) for r in ("pad", "mask", "bos", "eos", "unk")}
+    out = np.full(size, s_sp.unk, np.int32)
+    missing = 0
+    for t in range(min(size, tgt_tok.get_vocab_size())):
+        if t in roles:
+            out[t] = roles[t]
+            continue
+        if t in t_sp.all_ids:
+            continue
+        word = tgt_tok.id_to_token(t)
+        src = next((i for w in tgt_to_src.get(word, ()) if (i := src_tok.token_to_id(w)) is not None), None)
+        if src is None:
+            missing += 1
+        else:
+            out[t] = src
+    return out, missing
+
+
+def map_vocabulary(icfg: InitConfig, abstract: dict, flat_axes: dict, tokenizer, data_dir, log) -> dict:
+    """Every vocabulary-sized leaf (token embeddings, the MLM output bias) of this run, gathered row by
+    row from the source run's through the dictionary (`init.map_embeddings`)."""
+    from xlplastic.data.codeswitch import read_dictionary
+    from xlplastic.data.sources import resolve_path
+    from xlplastic.data.tokenizers import load_tokenizer
+
+    m = icfg.map_embeddings
+    run = m.from_run or icfg.from_run
+    if run is None:
+        raise UserError("init.map_embeddings needs a run to take the embeddings from; expected map_embeddings.from_run or init.from_run")
+    if tokenizer is None:
+        raise UserError("init.map_embeddings needs this run's tokenizer; expected a run with data.tokenizer")
+    src_tok = load_tokenizer(run_tokenizer_path(Path(run)))
+    for name, tok in (("this run's", tokenizer), (f"{run}'s", src_tok)):
+        if not hasattr(tok, "to_str") or not _is_wordlevel(tok):
+            raise UserError(f"init.map_embeddings: {name} tokenizer is not word-level; expected data.tokenizer.kind: "
+                            "wordlevel for both runs (only then is every token one dictionary word)")
+    tgt_to_src: dict[str, list[str]] = {}
+    for d in m.dictionaries:
+        for w, srcs in read_dictionary(resolve_path(d, data_dir), reverse=True).items():
+            tgt_to_src.setdefault(w, []).extend(srcs)
+    vocab_leaves = {k: a for k, a in flat_axes.items() if a and a[0] == "vocab"}
+    flat_abs = {path_str(p): x for p, x in jax.tree_util.tree_leaves_with_path(abstract)}
+    size = next(iter(flat_abs[k].shape[0] for k in vocab_leaves))
+    index, missing = vocabulary_map(src_tok, tokenizer, tgt_to_src, size)
+
+    def take(key, here, there):
+        return key in vocab_leaves and there is not None
+
+    # Read each source leaf at its own shape (replicated when its vocabulary differs from this run's).
+    _, flat_there = ckpt_lib.load_params(run, {}, lambda *a: False)
+    src_abs = {}
+    for key in vocab_leaves:
+        if key not in flat_there:
+            raise UserError(f"{run}: checkpoint has no parameter `{key}`; expected a model of the same architecture")
+        x = flat_abs[key]
+        shape = tuple(flat_there[key])
+        sharding = x.sharding if shape == x.shape else jax.sharding.NamedSharding(x.sharding.mesh, jax.sharding.PartitionSpec())
+        src_abs[key] = jax.ShapeDtypeStruct(shape, x.dtype, sharding=sharding)
+    restored, _ = ckpt_lib.load_params(run, _unflatten(src_abs), take)
+    out = {}
+    for key in vocab_leaves:
+        gather = jax.jit(lambda x, i: jnp.take(x, i, axis=0), out_shardings=flat_abs[key].sharding)
+        out[key] = gather(_get(restored, key), jnp.asarray(index))
+    log(f"init: {', '.join(sorted(vocab_leaves))} gathered from {run} through {len(tgt_to_src)} dictionary words"
+        + (f" ({missing} tokens without a source word: its unk row)" if missing else ""))
+    return _unflatten(out)
+
+
+def _get(tree: dict, key: str):
+    for p in key.split("/"):
+        tree = tree[p]
+    return tree
+
+
+def _unflatten(flat: dict) -> dict:
+    out: dict = {}
+    for key, v in flat.items():
+        node = out
+        parts = key.split("/")
+        for p in parts[:-1]:
+            node = node.setdefault(p, {})
+        node[parts[-1]] = v
+    return out
+
+
+def run_tokenizer_path(d: Path) -> Path:
+    """A finished run's tokenizer: its multilingual vocabulary.json if it has one, else tokenizer.json."""
+    from xlplastic.data.vocabulary import FILENAME
+
+    return d / FILENAME if (d / FILENAME).is_file() else d / "tokenizer.json"
 
 
 def _source(icfg: InitConfig, label: str) -> str | None:

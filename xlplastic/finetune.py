@@ -40,19 +40,26 @@ from xlplastic.train import Objective, Specials, build_trainer
 TASK_TRAINABLE = ["position_embedding", "language_embedding", "embedding_norm", "body", "task_head"]
 
 
-def task_objective(cfg: Config, kind: str, num_labels: int, pad: int, batch_ndims: dict[str, int]):
+def task_objective(cfg: Config, kind: str, num_labels: int, pad: int, batch_ndims: dict[str, int], eos: int = -1):
     """(Objective, predict(encoder, params, batch)) for a task head stored under params['task_head']."""
     seed = cfg.train.seed
-    abstract = nnx.eval_shape(lambda: create_head(kind, cfg.model, num_labels, seed))
+    pooling = cfg.task.pooling if cfg.task is not None else "bos"
+    abstract = nnx.eval_shape(lambda: create_head(kind, cfg.model, num_labels, seed, pooling))
     graphdef, abstract_state = nnx.split(abstract, nnx.Param)
 
     def head_of(params):
         return model_lib.merge(graphdef, abstract_state, params["task_head"])
 
-    mean_pool = cfg.task is not None and cfg.task.pooling == "mean"
-
     def with_pool(batch):
-        return {**batch, "pool_mask": batch["tokens"] != pad} if mean_pool else batch
+        tokens = batch["tokens"]
+        if pooling == "mean":
+            return {**batch, "pool_mask": tokens != pad}
+        if pooling == "pair":  # `bos A eos eos B eos`: segment = how many eos come before a token
+            is_eos = tokens == eos
+            seen = jnp.cumsum(is_eos, axis=1) - is_eos
+            word = (tokens != pad) & ~is_eos & (jnp.arange(tokens.shape[1]) > 0)
+            return {**batch, "pool_a": word & (seen == 0), "pool_b": word & (seen == 2)}
+        return batch
 
     def hidden(encoder, batch, key):
         tokens = batch["tokens"]
@@ -65,7 +72,7 @@ def task_objective(cfg: Config, kind: str, num_labels: int, pad: int, batch_ndim
         return loss_sum, (count, correct)
 
     def extra_params():
-        return {"task_head": nnx.to_pure_dict(nnx.state(create_head(kind, cfg.model, num_labels, seed), nnx.Param))}
+        return {"task_head": nnx.to_pure_dict(nnx.state(create_head(kind, cfg.model, num_labels, seed, pooling), nnx.Param))}
 
     def predict(encoder, params, batch):
         return head_predict(kind, head_of(params), hidden(encoder, batch, None), with_pool(batch))
@@ -173,7 +180,7 @@ def run_task(cfg: Config, run_dir: str | Path, *, stage: str = "task_adapt", sto
     if sample is None:
         raise UserError(f"task `{task.name}`: nothing to train or evaluate; expected task.train or task.test")
     ndims = {k: v.ndim for k, v in sample.arrays.items()}
-    objective, predict = task_objective(cfg, task.kind, n_labels, sp.pad, ndims)
+    objective, predict = task_objective(cfg, task.kind, n_labels, sp.pad, ndims, sp.eos)
     trainer = build_trainer(cfg, mesh, vocab, specials, objective)
     predict_fn = jax.jit(
         lambda params, batch: _with_rules(mesh, cfg, lambda: predict(trainer.merge(params), params, batch)),
@@ -188,7 +195,8 @@ def run_task(cfg: Config, run_dir: str | Path, *, stage: str = "task_adapt", sto
     else:
         state, start = trainer.init(), 0
         state["params"] = compose_params(cfg.init, state["params"], trainer,
-                                         seed=tcfg.seed, pad_id=sp.pad, tokenizer_sha=_sha(tokenizer.to_str()), log=log)
+                                         seed=tcfg.seed, pad_id=sp.pad, tokenizer_sha=_sha(tokenizer.to_str()),
+                                         tokenizer=tokenizer, data_dir=dd, log=log)
     if is_main():
         (run_dir / "config.yaml").write_text(dump_config(cfg), encoding="utf-8")
 

@@ -19,6 +19,10 @@ log = logging.getLogger(__name__)
 _FIXED_COLOURS = {"standard": "tab:blue", "forgetting": "tab:orange"}
 _OTHER_COLOURS = ["tab:green", "tab:red", "tab:purple", "tab:brown", "tab:pink", "tab:olive", "tab:cyan", "tab:gray"]
 _CAPTIONS = {
+    "headline.png": ("headline: source, zero-shot and oracle", "The headline task per model: the source-language score, "
+                     "zero-shot on the new language with relearned embeddings (dots: single seeds and draws), and the oracle "
+                     "(the same body with the gold embeddings) — the gap from zero-shot up to the oracle is what relearning "
+                     "fell short of; the dashed line is chance (the majority label)."),
     "pretrain_loss.png": ("pretraining loss", "Pretraining MLM loss per model and seed (raw, unsmoothed); faint vertical "
                           "lines mark embedding resets — look for the spike after each reset and how fast it recovers."),
     "adaptation_loss.png": ("language-adaptation loss", "Language-adaptation loss (only the embeddings train) per target "
@@ -92,6 +96,110 @@ def _table(rows: list[dict]) -> list[str]:
             cells.append(f"{f['mean'] - s['mean']:+.4f}" if s and f else "–")
         lines.append("| " + " | ".join(cells) + " |")
     return lines + [""]
+
+
+def _pick(rows: list[dict], task: str, metric: str, **where) -> list[dict]:
+    return [r for r in rows if r.get("task") == task and r.get("metric") == metric
+            and all(r.get(k) == v for k, v in where.items())]
+
+
+def _headline_parts(summary: list[dict], headline: dict) -> tuple[list[str], list[tuple], dict]:
+    """Models, columns (label, stats per model) and chance per target for the headline table and plot."""
+    task, metric, src = headline["task"], headline["metric"], headline["source"]
+    stage_rows = lambda s: [r for r in summary if r.get("stage") == s]  # noqa: E731
+    zero, oracle = _pick(stage_rows("evaluate"), task, metric), _pick(stage_rows("oracle"), task, metric)
+    models = _order([str(r.get("model")) for r in _pick(stage_rows("task_adapt"), task, metric) + zero + oracle])
+    per_model = lambda rows: {m: _stats([r.get("value") for r in rows if str(r.get("model")) == m]) for m in models}  # noqa: E731
+    columns = [(f"source ({src})", "source", None, per_model(_pick(stage_rows("task_adapt"), task, metric, language=src)))]
+    targets = list(dict.fromkeys(str(r.get("language")) for r in zero + oracle))
+    for lang in targets:
+        for b in sorted({r.get("budget") for r in zero if r.get("language") == lang}, key=_num):
+            columns.append((f"zero-shot {lang}, {_budget(b)} tokens", "zero-shot", lang,
+                            per_model(_pick(zero, task, metric, language=lang, budget=b))))
+        if any(r.get("language") == lang for r in oracle):
+            columns.append((f"oracle {lang}", "oracle", lang, per_model(_pick(oracle, task, metric, language=lang))))
+    return models, columns, dict(headline.get("chance") or {})
+
+
+def _headline(summary: list[dict], headline: dict | None) -> list[str]:
+    """The table and sentence a reader needs first: per model, source / zero-shot / oracle, and what they mean."""
+    if not headline:
+        return []
+    models, columns, chance = _headline_parts(summary, headline)
+    if len(columns) < 2 or not models:
+        return []
+    task, metric = headline["task"], headline["metric"]
+    head = ["model"] + [c[0] for c in columns]
+    lines = [f"## Headline: {task} {metric}" + (f" ({headline['tokenizer']} tokenizer)" if headline.get("tokenizer") else ""),
+             "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for m in models:
+        lines.append("| " + " | ".join([m] + [_cell(c[3].get(m)) for c in columns]) + " |")
+    if "standard" in models and "forgetting" in models:
+        cells = []
+        for *_, per in columns:
+            s, f = per.get("standard"), per.get("forgetting")
+            cells.append(f"{f['mean'] - s['mean']:+.4f}" if s and f else "–")
+        lines.append("| forgetting − standard | " + " | ".join(cells) + " |")
+    if chance:
+        lines.append("| chance (majority label) | " + " | ".join(
+            f"{chance[c[2]]:.4f}" if c[2] in chance else (f"{chance[headline['source']]:.4f}" if c[1] == "source"
+                                                          and headline["source"] in chance else "–")
+            for c in columns) + " |")
+    lines += ["", _reading(models, columns, chance), ""]
+    return lines
+
+
+def _reading(models: list[str], columns: list[tuple], chance: dict) -> str:
+    """One sentence on what the numbers mean, computed from them (never a canned conclusion)."""
+    out = ["**Reading:** *source* is what the fine-tuned body scores on the language it learnt; *oracle* puts the gold "
+           "new-language embeddings into that body, the ceiling any relearning can reach; *zero-shot* puts the relearned ones in"]
+    zs = [c for c in columns if c[1] == "zero-shot"]
+    orc = {c[2]: c[3] for c in columns if c[1] == "oracle"}
+    if zs:
+        label, _, lang, per = zs[0]
+        parts = []
+        for m in models:
+            z, o, ch = per.get(m), (orc.get(lang) or {}).get(m), chance.get(lang)
+            if not z:
+                continue
+            part = f"{m} {z['mean']:.3f}" + (f" ± {z['std']:.3f} (n={z['n']})" if z["n"] > 1 else "")
+            if o and ch is not None and o["mean"] - ch > 1e-6:
+                part += f", {100 * (z['mean'] - ch) / (o['mean'] - ch):.0f}% of the way from chance to its oracle"
+            parts.append(part)
+        if parts:
+            out.append(f": at {label.split(', ', 1)[1]} on {lang}, " + "; ".join(parts))
+    src = columns[0][3]
+    gaps = [abs(o["mean"] - src[m]["mean"]) for per in orc.values() for m, o in per.items() if o and src.get(m)]
+    if gaps:
+        out.append(f". The oracle is within {max(gaps):.3f} of the source score" + (
+            ", so the task body carries over intact and any shortfall is relearning's" if max(gaps) <= 0.02 else
+            ": the target is not a one-to-one re-spelling of the source, or the assembly lost something"))
+    return "".join(out) + "."
+
+
+def _plot_headline(path: Path, summary: list[dict], headline: dict | None, colours: dict) -> bool:
+    if not headline:
+        return False
+    models, columns, chance = _headline_parts(summary, headline)
+    if len(columns) < 2 or not models:
+        return False
+    fig, (ax,) = _figure(1, size=(max(5.0, 1.6 * len(columns) + 2), 3.8))
+    width = 0.8 / len(models)
+    for i, m in enumerate(models):
+        pts = [(x, c[3].get(m)) for x, c in enumerate(columns) if c[3].get(m)]
+        xs = [x - 0.4 + width * (i + 0.5) for x, _ in pts]
+        ax.bar(xs, [s["mean"] for _, s in pts], width * 0.9, color=colours.get(m, "gray"), alpha=0.75, label=m,
+               yerr=[[s["mean"] - s["min"] for _, s in pts], [s["max"] - s["mean"] for _, s in pts]], capsize=3)
+        for x, (_, s) in zip(xs, pts):
+            ax.scatter([x] * s["n"], s["values"], color="black", s=9, zorder=3)
+    for x, c in enumerate(columns):
+        ch = chance.get(c[2] if c[2] is not None else headline["source"])
+        if ch is not None:
+            ax.hlines(ch, x - 0.45, x + 0.45, colors="black", linestyles="dashed", lw=1,
+                      label="chance" if x == 0 else "_nolegend_")
+    ax.set_xticks(range(len(columns)), [c[0].replace(", ", "\n") for c in columns], fontsize=8)
+    ax.set(ylabel=headline["metric"], title=f"{headline['task']}: source, zero-shot, oracle")
+    return _save(fig, path, [ax])
 
 
 def _figure(n: int, max_panels: int = 6, size: tuple[float, float] = (4.4, 3.3)):
@@ -229,14 +337,18 @@ def _draw(path: Path, plot: Callable[..., bool], *args) -> bool:
 
 
 def write_pipeline_report(
-    run_dir: Path, name: str, summary: list[dict], curves: dict, notes: list[str] | None = None
+    run_dir: Path, name: str, summary: list[dict], curves: dict, notes: list[str] | None = None,
+    headline: dict | None = None,
 ) -> Path:
-    """Write tables, figures and report.md for one pipeline experiment into run_dir; return the report path."""
+    """Write tables, figures and report.md for one pipeline experiment into run_dir; return the report path.
+
+    `headline` ({task, metric, source, chance: {language: score}, tokenizer}) names the task the report leads
+    with: one table of source / zero-shot / oracle per model, one plot, one sentence on what they mean."""
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     summary, curves = list(summary or []), dict(curves or {})
     stage = {s: [r for r in summary if r.get("stage") == s]
-             for s in ("pretrain", "analyze", "language_adapt", "task_adapt", "evaluate")}
+             for s in ("pretrain", "analyze", "language_adapt", "task_adapt", "oracle", "evaluate")}
     pre, adapt, resets = (c if isinstance(c := curves.get(k), dict) else {}
                           for k in ("pretrain", "language_adapt", "reset_steps"))
     models = _order([str(r.get("model", "?")) for r in summary] + [k.rsplit("/", 1)[0] for k in pre]
@@ -244,6 +356,7 @@ def write_pipeline_report(
     others = iter(_OTHER_COLOURS * (len(models) // len(_OTHER_COLOURS) + 1))
     colours = {m: _FIXED_COLOURS.get(m) or next(others) for m in models}
     written = [p.name for p, fn, *args in [
+        (run_dir / "headline.png", _plot_headline, summary, headline, colours),
         (run_dir / "pretrain_loss.png", _plot_pretrain, pre, resets, colours),
         (run_dir / "adaptation_loss.png", _plot_adaptation, adapt, colours),
         (run_dir / "zero_shot.png", _plot_zero_shot, stage["evaluate"], colours),
@@ -255,12 +368,21 @@ def write_pipeline_report(
              "→ source-language task fine-tuning → zero-shot evaluation on the target languages. ") if relearning else (
              "Pretraining variants → cross-lingual analysis of each pretrained model → source-language task "
              "fine-tuning, scored on every test language (zero-shot on all but the source). ")
-    lines = [f"# {name}", "", intro + "Cells are mean ± sample std over seeds (n = number of seeds with a finite value).", ""]
+    lines = [f"# {name}", "", intro + "Cells are mean ± sample std over seeds and new-embedding draws (n = number of "
+             "runs with a finite value).", ""]
+    top = _headline(summary, headline)
+    if top:
+        lines += top
+        if "headline.png" in written:
+            lines += ["![" + _CAPTIONS["headline.png"][0] + "](headline.png)", "", _CAPTIONS["headline.png"][1], ""]
     if notes:
         lines += [f"- {n}" for n in notes] + [""]
     sections = [("Zero-shot results (target languages)", stage["evaluate"]),
                 ("Source-language task scores (task_adapt)", stage["task_adapt"]),
+                ("Oracle assembly: the task body with gold new-language embeddings (oracle)", stage["oracle"]),
                 ("Language adaptation: final target-language MLM eval", stage["language_adapt"])]
+    if not stage["oracle"]:
+        sections = [x for x in sections if not x[0].startswith("Oracle")]
     if not relearning:
         sections = [("Task scores after source-language fine-tuning (task_adapt; other languages zero-shot)", stage["task_adapt"])]
     if stage["analyze"]:
@@ -269,9 +391,11 @@ def write_pipeline_report(
         sections.append(("Pretraining", stage["pretrain"]))
     for title, rows in sections:
         lines += [f"## {title}", ""] + (_table(rows) if rows else ["_Nothing recorded._", ""])
-    if written:
+    if [p for p in written if not (p == "headline.png" and top)]:
         lines += ["## Figures", ""]
         for png in written:
+            if png == "headline.png" and top:
+                continue
             alt, caption = _CAPTIONS[png]
             lines += [f"![{alt}]({png})", "", caption, ""]
     path = run_dir / "report.md"

@@ -72,7 +72,12 @@ def prepare_tokenizer(cfg: Config, run_dir: Path):
         path = Path(tcfg.path)
         if not path.is_absolute() and cfg.data.data_dir and not path.exists():
             path = Path(cfg.data.data_dir) / path
-        return load_tokenizer(path)
+        tok = load_tokenizer(path)
+        if is_main() and not multi and hasattr(tok, "save") and not own.exists():  # the run folder is a record
+            tmp = own.with_suffix(".tmp")
+            tok.save(str(tmp))
+            tmp.replace(own)
+        return tok
     # The settings it was trained with, so a rerun that asks for another tokenizer fails instead of
     # silently resuming with the old one (written before tokenizer.json: that file's presence implies it).
     settings_path = run_dir / "tokenizer.settings.json"
@@ -225,11 +230,12 @@ def run(
         state = trainer.init()
         start = 0
         icfg = cfg.init
-        if icfg.from_run or icfg.groups_from or icfg.reinit:
+        if icfg.from_run or icfg.groups_from or icfg.reinit or icfg.map_embeddings:
             from xlplastic.assemble import compose_params
 
             state["params"] = compose_params(icfg, state["params"], trainer,
-                                             seed=tcfg.seed, pad_id=specials.pad, tokenizer_sha=_sha(tokenizer.to_str()), log=log)
+                                             seed=tcfg.seed, pad_id=specials.pad, tokenizer_sha=_sha(tokenizer.to_str()),
+                                             tokenizer=tokenizer, data_dir=cfg.data.data_dir, log=log)
     if is_main():  # only once the run is known to fit this folder: a refused resume keeps the old config.yaml
         (run_dir / "config.yaml").write_text(dump_config(cfg), encoding="utf-8")
     n_params = num_params(state["params"])

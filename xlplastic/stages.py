@@ -16,15 +16,18 @@ Folders are named `<model>-s<seed>` and `<target>-<budget>`.
 from __future__ import annotations
 
 import json
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
+from xlplastic.assemble import run_tokenizer_path
 from xlplastic.config import Config, _deep_merge, dump_config, validate
 from xlplastic.errors import UserError
 from xlplastic.forgetting import reset_steps
 from xlplastic.run import RunResult, _write_json, barrier, is_main, log
 
-STAGES = ("pretrain", "analyze", "task_adapt", "language_adapt", "evaluate")
+_DRAW_STRIDE = 1000  # seed of new-embedding draw k of pretraining seed s: s + 1000 k
+STAGES = ("pretrain", "analyze", "task_adapt", "oracle", "language_adapt", "evaluate")
 
 
 def materialize_lab(cfg: Config, run_dir: Path) -> Config:
@@ -52,13 +55,6 @@ def _stage_config(base: dict, *partials: dict[str, Any], source: str) -> Config:
 def _with_tests(base: dict, tests: dict[str, str]) -> dict:
     """The experiment config with task.test replaced (a merge would keep the other languages)."""
     return {**base, "task": {**base["task"], "test": dict(tests)}}
-
-
-def run_tokenizer_path(d: Path) -> Path:
-    """A finished run's tokenizer: its multilingual vocabulary.json if it has one, else tokenizer.json."""
-    from xlplastic.data.vocabulary import FILENAME
-
-    return d / FILENAME if (d / FILENAME).is_file() else d / "tokenizer.json"
 
 
 def _done(d: Path) -> dict | None:
@@ -109,6 +105,16 @@ def run_pipeline(cfg: Config, run_dir: str | Path, *, only: list[str] | None = N
     missing = sorted(targets - set(cfg.task.test))
     if missing:
         raise UserError(f"task.test has no test set for target language(s) {', '.join(missing)}; expected one per target")
+    dictionaries = {t.language: list(t.dictionary) for t in pcfg.targets}
+    if "oracle" in pcfg.embeddings:
+        from xlplastic.data.lab import gold_dictionaries
+
+        for t in pcfg.targets:
+            if not dictionaries[t.language] and cfg.lab is not None:
+                dictionaries[t.language] = gold_dictionaries(cfg.lab, t.language)
+            if not dictionaries[t.language]:
+                raise UserError(f"pipeline.embeddings has `oracle` but target {t.language} has no dictionary; expected "
+                                "pipeline.targets[].dictionary (MUSE files) or a lab language as the target")
     off = {"forgetting": {"every": 0}}
     mlm = {"task": None}  # MLM stages: their config.yaml reruns as MLM training with `xlplastic run`
     rows: list[dict] = []
@@ -130,6 +136,31 @@ def run_pipeline(cfg: Config, run_dir: str | Path, *, only: list[str] | None = N
         for r in found.get("summary", []):
             rows.append({**r, **tags, "stage": name})
         return found
+
+    def adapt(m, m_over, tag, seed, draw, target, budget, tok, test, p_dir, t_dir, common):
+        """Language adaptation (new embeddings, draw `draw`) and the zero-shot evaluation of its assembly."""
+        sub = f"{target.language}-{budget}" + (f"-d{draw}" if pcfg.draws > 1 else "")
+        l_dir = run_dir / "language_adapt" / tag / sub
+        corpus = target.corpus.model_dump(mode="json") | {"max_tokens": budget}
+        # draw k > 0 re-draws the embeddings and orders the adaptation data with its own seed
+        lang_over = {"data": {"corpora": [corpus], "tokenizer": {"path": tok}},
+                     "init": {"from_run": str(p_dir), "reinit": ["token_embedding"]},
+                     "train": {"trainable": ["token_embedding"], "seed": seed + _DRAW_STRIDE * draw}}
+        tags = {"model": m, "seed": seed, "budget": budget} | ({"draw": draw} if pcfg.draws > 1 else {})
+        stage("language_adapt", l_dir,
+              lambda: _stage_config(base, m_over, off, common, lang_over, pcfg.language_adapt, mlm,
+                                    source=f"language_adapt {tag}/{sub}"),
+              lambda c, d: run(c, d), tags)
+        key = f"{m}/s{seed}" + (f"d{draw}" if pcfg.draws > 1 else "")
+        curves["language_adapt"][f"{key}/{target.language}/{budget}"] = _metric_rows(l_dir)
+        e_dir = run_dir / "evaluate" / tag / sub
+        eval_over = {"task": {"dev": None}, "train": {"steps": 0},
+                     "data": {"tokenizer": {"path": tok}},
+                     "init": {"from_run": str(t_dir), "groups_from": {"token_embedding": str(l_dir)}}}
+        stage("evaluate", e_dir,
+              lambda: _stage_config(_with_tests(base, test), m_over, off, pcfg.task_adapt, eval_over, common,
+                                    source=f"evaluate {tag}/{sub}"),
+              lambda c, d: run_task(c, d, stage="evaluate"), tags)
 
     try:
         for seed in pcfg.seeds:
@@ -158,28 +189,21 @@ def run_pipeline(cfg: Config, run_dir: str | Path, *, only: list[str] | None = N
                       lambda c, d: run_task(c, d, stage="task_adapt"), {"model": m, "seed": seed})
                 for target in pcfg.targets:
                     tok = str(_target_tokenizer(cfg, target, run_dir))
+                    test = {target.language: cfg.task.test[target.language]}
+                    if "oracle" in pcfg.embeddings:
+                        o_dir = run_dir / "oracle" / tag / target.language
+                        oracle_over = {"task": {"dev": None}, "train": {"steps": 0}, "data": {"tokenizer": {"path": tok}},
+                                       "init": {"from_run": str(t_dir),
+                                                "map_embeddings": {"dictionaries": dictionaries[target.language]}}}
+                        stage("oracle", o_dir,
+                              lambda: _stage_config(_with_tests(base, test), m_over, off, pcfg.task_adapt, oracle_over,
+                                                    common, source=f"oracle {tag}/{target.language}"),
+                              lambda c, d: run_task(c, d, stage="oracle"), {"model": m, "seed": seed})
+                    if "adapted" not in pcfg.embeddings:
+                        continue
                     for budget in pcfg.budgets:
-                        sub = f"{target.language}-{budget}"
-                        l_dir = run_dir / "language_adapt" / tag / sub
-                        corpus = target.corpus.model_dump(mode="json") | {"max_tokens": budget}
-                        lang_over = {"data": {"corpora": [corpus], "tokenizer": {"path": tok}},
-                                     "init": {"from_run": str(p_dir), "reinit": ["token_embedding"]},
-                                     "train": {"trainable": ["token_embedding"]}}
-                        tags = {"model": m, "seed": seed, "budget": budget}
-                        stage("language_adapt", l_dir,
-                              lambda: _stage_config(base, m_over, off, lang_over, pcfg.language_adapt, common, mlm,
-                                                    source=f"language_adapt {tag}/{sub}"),
-                              lambda c, d: run(c, d), tags)
-                        curves["language_adapt"][f"{m}/s{seed}/{target.language}/{budget}"] = _metric_rows(l_dir)
-                        e_dir = run_dir / "evaluate" / tag / sub
-                        eval_over = {"task": {"dev": None}, "train": {"steps": 0},
-                                     "data": {"tokenizer": {"path": tok}},
-                                     "init": {"from_run": str(t_dir), "groups_from": {"token_embedding": str(l_dir)}}}
-                        stage("evaluate", e_dir,
-                              lambda: _stage_config(_with_tests(base, {target.language: cfg.task.test[target.language]}),
-                                                    m_over, off, pcfg.task_adapt, eval_over, common,
-                                                    source=f"evaluate {tag}/{sub}"),
-                              lambda c, d: run_task(c, d, stage="evaluate"), tags)
+                        for draw in range(pcfg.draws):
+                            adapt(m, m_over, tag, seed, draw, target, budget, tok, test, p_dir, t_dir, common)
     except _Interrupted as e:
         log("pipeline interrupted; rerun the same command to resume where it stopped")
         return RunResult(run_dir, e.result.final_step, e.result.results, interrupted=True)
@@ -189,7 +213,7 @@ def run_pipeline(cfg: Config, run_dir: str | Path, *, only: list[str] | None = N
         _write_json(run_dir / "results.json", results)
         from xlplastic.pipeline_report import write_pipeline_report
 
-        report = write_pipeline_report(run_dir, cfg.name, rows, curves, notes=_notes(cfg))
+        report = write_pipeline_report(run_dir, cfg.name, rows, curves, notes=_notes(cfg), headline=_headline(cfg))
         log(f"done: {len(rows)} result rows in {run_dir / 'results.json'}; report: {report}")
     return RunResult(run_dir, 0, results)
 
@@ -214,6 +238,29 @@ def _metric_rows(d: Path) -> list[dict]:
         return []
     rows = [json.loads(l) for l in f.read_text(encoding="utf-8").splitlines() if l.strip()]
     return [r for r in rows if "loss" in r]
+
+
+def _headline(cfg: Config) -> dict:
+    """What the report leads with: the task's headline metric, its source language, chance per test language."""
+    from xlplastic.tasks.features import HEADLINE_METRIC
+    from xlplastic.finetune import read_split
+    from xlplastic.tasks.readers import _labels
+
+    task = cfg.task
+    targets = {t.language for t in cfg.pipeline.targets}
+    source = next((l for l in task.test if l not in targets), cfg.data.corpora[0].language if cfg.data.corpora else "")
+    chance = {}
+    if task.kind in ("classification", "pos"):  # the majority label's share: what a constant prediction scores
+        for lang, path in task.test.items():
+            try:
+                counts = Counter(x for e in read_split(task, path, cfg.data.data_dir, None) for x in _labels(e))
+            except UserError:
+                continue  # an HF split or an unreadable file: the table just has no chance row for it
+            if counts:
+                chance[lang] = max(counts.values()) / sum(counts.values())
+    tok = cfg.data.tokenizer
+    return {"task": task.name, "metric": HEADLINE_METRIC.get(task.kind, "accuracy"), "source": source, "chance": chance,
+            "tokenizer": "loaded" if tok.path else tok.kind}
 
 
 def _notes(cfg: Config) -> list[str]:

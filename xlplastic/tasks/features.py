@@ -37,6 +37,8 @@ from xlplastic.tasks import metrics
 
 KINDS = ("classification", "pos", "ner", "parsing", "qa")
 WORD_KINDS = ("pos", "ner", "parsing")
+# the score a report leads with, per kind (what the papers report: XNLI accuracy, NER F1, LAS, SQuAD F1)
+HEADLINE_METRIC = {"classification": "accuracy", "pos": "accuracy", "ner": "f1", "parsing": "las", "qa": "f1"}
 
 
 @dataclass
