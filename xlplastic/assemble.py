@@ -15,6 +15,7 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 import numpy as np
+from flax.traverse_util import flatten_dict, unflatten_dict
 
 from xlplastic import checkpoint as ckpt_lib
 from xlplastic.config import InitConfig
@@ -157,31 +158,15 @@ def map_vocabulary(icfg: InitConfig, abstract: dict, flat_axes: dict, tokenizer,
         shape = tuple(flat_there[key])
         sharding = x.sharding if shape == x.shape else jax.sharding.NamedSharding(x.sharding.mesh, jax.sharding.PartitionSpec())
         src_abs[key] = jax.ShapeDtypeStruct(shape, x.dtype, sharding=sharding)
-    restored, _ = ckpt_lib.load_params(run, _unflatten(src_abs), take)
+    restored, _ = ckpt_lib.load_params(run, unflatten_dict(src_abs, sep="/"), take)
+    flat_restored = flatten_dict(restored, sep="/")
     out = {}
     for key in vocab_leaves:
         gather = jax.jit(lambda x, i: jnp.take(x, i, axis=0), out_shardings=flat_abs[key].sharding)
-        out[key] = gather(_get(restored, key), jnp.asarray(index))
+        out[key] = gather(flat_restored[key], jnp.asarray(index))
     log(f"init: {', '.join(sorted(vocab_leaves))} gathered from {run} through {len(tgt_to_src)} dictionary words"
         + (f" ({missing} tokens without a source word: its unk row)" if missing else ""))
-    return _unflatten(out)
-
-
-def _get(tree: dict, key: str):
-    for p in key.split("/"):
-        tree = tree[p]
-    return tree
-
-
-def _unflatten(flat: dict) -> dict:
-    out: dict = {}
-    for key, v in flat.items():
-        node = out
-        parts = key.split("/")
-        for p in parts[:-1]:
-            node = node.setdefault(p, {})
-        node[parts[-1]] = v
-    return out
+    return unflatten_dict(out, sep="/")
 
 
 def run_tokenizer_path(d: Path) -> Path:

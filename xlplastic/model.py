@@ -187,7 +187,7 @@ class LanguageParts(nnx.Module):
         if sep.embeddings:
             self.token_embed = _param(rngs, (vocab_size, cfg.hidden_size), ("vocab", "embed"), std, pd)
         if sep.position_copies:
-            self.position_embed = _param(rngs, (cfg.max_positions, cfg.hidden_size), ("positions", "embed"), std, pd)
+            self.position_embed = _param(rngs, (cfg.max_positions, D), ("positions", "embed"), std, pd)
         for i in range(sep.layers):
             setattr(self, f"layer_{i}", Block(cfg, rngs))
 
@@ -206,7 +206,7 @@ class Encoder(nnx.Module):
         if not sep.embeddings:
             self.token_embed = _param(rngs, (vocab_size, D), ("vocab", "embed"), std, pd)
         if not sep.position_copies:
-            self.position_embed = _param(rngs, (cfg.max_positions, cfg.hidden_size), ("positions", "embed"), std, pd)
+            self.position_embed = _param(rngs, (cfg.max_positions, D), ("positions", "embed"), std, pd)
         if cfg.type_vocab_size:
             self.type_embed = _param(rngs, (cfg.type_vocab_size, D), ("types", "embed"), std, pd)
         if cfg.num_languages:

@@ -244,7 +244,7 @@ def _headline(cfg: Config) -> dict:
     """What the report leads with: the task's headline metric, its source language, chance per test language."""
     from xlplastic.tasks.features import HEADLINE_METRIC
     from xlplastic.finetune import read_split
-    from xlplastic.tasks.readers import _labels
+    from xlplastic.tasks.readers import example_labels
 
     task = cfg.task
     targets = {t.language for t in cfg.pipeline.targets}
@@ -253,7 +253,7 @@ def _headline(cfg: Config) -> dict:
     if task.kind in ("classification", "pos"):  # the majority label's share: what a constant prediction scores
         for lang, path in task.test.items():
             try:
-                counts = Counter(x for e in read_split(task, path, cfg.data.data_dir, None) for x in _labels(e))
+                counts = Counter(x for e in read_split(task, path, cfg.data.data_dir, None) for x in example_labels(e))
             except UserError:
                 continue  # an HF split or an unreadable file: the table just has no chance row for it
             if counts:

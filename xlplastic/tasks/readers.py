@@ -380,7 +380,7 @@ def read_task(kind: str, path: str, *, language: str | None = None, max_examples
     return examples
 
 
-def _labels(example) -> tuple[str, ...]:
+def example_labels(example) -> tuple[str, ...]:
     if isinstance(example, ClassificationExample):
         return (example.label,)
     if isinstance(example, TaggingExample):
@@ -392,12 +392,12 @@ def _labels(example) -> tuple[str, ...]:
 
 def label_map(examples) -> dict[str, int]:
     """Sorted label set -> id: class labels, tags, or deprels without subtypes; {} for QA."""
-    return {label: i for i, label in enumerate(sorted({lab for ex in examples for lab in _labels(ex)}))}
+    return {label: i for i, label in enumerate(sorted({lab for ex in examples for lab in example_labels(ex)}))}
 
 
 def check_labels(known: dict[str, int], examples, source: str) -> None:
     """Fail when evaluation data has labels the model was never trained on (a mismatched label set)."""
-    unknown = sorted({lab for ex in examples for lab in _labels(ex)} - set(known))
+    unknown = sorted({lab for ex in examples for lab in example_labels(ex)} - set(known))
     if unknown:
         names = lambda xs: ", ".join(xs[:8]) + (", ..." if len(xs) > 8 else "")  # noqa: E731
         raise UserError(f"{source}: labels {names(unknown)} do not occur in the training data (which has "
