@@ -187,7 +187,7 @@ class LanguageParts(nnx.Module):
         if sep.embeddings:
             self.token_embed = _param(rngs, (vocab_size, cfg.hidden_size), ("vocab", "embed"), std, pd)
         if sep.position_copies:
-            self.position_embed = _param(rngs, (cfg.max_positions, D), ("positions", "embed"), std, pd)
+            self.position_embed = _param(rngs, (cfg.max_positions, cfg.hidden_size), ("positions", "embed"), std, pd)
         for i in range(sep.layers):
             setattr(self, f"layer_{i}", Block(cfg, rngs))
 
