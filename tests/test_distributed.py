@@ -12,7 +12,8 @@ import time
 import pytest
 
 from cli_helpers import (
-    QUIET, TINY, Background, cached_run, checkpoint_steps, cli_env, free_port, run_cmd, train_rows, wait_until,
+    QUIET, TINY, Background, cached_run, checkpoint_steps, cli_env, free_port, run_cli, run_cmd, train_rows,
+    wait_until,
 )
 
 pytestmark = pytest.mark.slow
@@ -88,3 +89,72 @@ def test_two_processes_preempt_resume_and_agree_with_one(tmp_path_factory, tmp_p
     ref_eval = json.loads((single / "results.json").read_text())["final"]["eval_loss"]
     assert _rel_close([results["final"]["eval_loss"]], [ref_eval])
     assert (d / "report.md").exists()
+
+
+def _task_config(tmp_path) -> "Path":
+    """A POS task run (fresh encoder + head) on a small generated lab: 40 steps, checkpoints every 10."""
+    from xlplastic.data.lab import write_lab
+
+    lab = tmp_path / "lab"
+    write_lab({"grammar": "bigram", "words": 100, "sentences": 600, "test_sentences": 50, "seed": 0,
+               "languages": [{"name": "syn"}]}, lab)
+    cfg = tmp_path / "task.yaml"
+    cfg.write_text(f"""
+base: {TINY}
+name: tiny_task
+data:
+  data_dir: {lab}
+  corpora: [{{language: syn, kind: text, path: syn.train.txt}}]
+train: {{steps: 40, log_every: 1, progress: false, optimizer: {{lr: 1.0e-3}}}}
+task: {{name: pos, kind: pos, train: syn.pos.train.conllu, test: {{syn: syn.pos.test.conllu}}, seq_len: 32,
+        max_train_examples: 400}}
+""", encoding="utf-8")
+    return cfg
+
+
+def test_two_process_task_run_stops_at_the_agreed_step(tmp_path_factory, tmp_path):
+    """The task loop is the MLM loop: SIGTERM to one process stops both at one agreed step (no
+    collective-save deadlock: every wait has a timeout), and the resumed run equals the 1-process one."""
+    env = cli_env(tmp_path_factory)
+    cfg = _task_config(tmp_path)
+    single = tmp_path / "single"
+    done = run_cli(run_cmd(cfg, single), env, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    ref = [r["loss"] for r in train_rows(single)]
+    assert len(ref) == 40
+
+    d = tmp_path / "two"
+
+    def launch(name):
+        port = free_port()
+        return [Background(run_cmd(cfg, d, "--coordinator", f"localhost:{port}", "--num-processes", "2",
+                                   "--process-id", str(i)), env, tmp_path / "logs", f"{name}-{i}") for i in range(2)]
+
+    procs = launch("first")
+    try:
+        wait_until(lambda: len(train_rows(d)) >= 12, procs[0].proc, 180, "step 12")
+        procs[0].proc.send_signal(signal.SIGSTOP)
+        procs[1].proc.send_signal(signal.SIGTERM)
+        time.sleep(0.5)
+        procs[0].proc.send_signal(signal.SIGCONT)
+    except BaseException:
+        for p in procs:
+            p.kill()
+        raise
+    outs = _wait_all(procs, timeout=180)
+    for i, o in enumerate(outs):
+        assert o.returncode == 143, f"process {i} exit {o.returncode}:\n{o.stdout[-2000:]}\n{o.stderr[-4000:]}"
+    steps = checkpoint_steps(d)
+    assert steps and 12 <= steps[-1] < 40, steps
+    state = d / "checkpoints" / str(steps[-1]) / "state"
+    assert (state / "ocdbt.process_0").is_dir() and (state / "ocdbt.process_1").is_dir()  # both wrote it
+
+    outs = _wait_all(launch("resumed"), timeout=180)
+    for i, o in enumerate(outs):
+        assert o.returncode == 0, f"process {i}:\n{o.stdout[-2000:]}\n{o.stderr[-4000:]}"
+    rows = train_rows(d)
+    assert [r["step"] for r in rows] == list(range(1, 41))
+    assert _rel_close([r["loss"] for r in rows], ref), list(zip([r["loss"] for r in rows], ref))
+    two = json.loads((d / "results.json").read_text())["scores"]["syn"]["accuracy"]
+    one = json.loads((single / "results.json").read_text())["scores"]["syn"]["accuracy"]
+    assert abs(two - one) < 1e-6

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from cli_helpers import TINY, checkpoint_steps, losses, train_rows
 
-from xlplastic.calls import call_length, windows
+from xlplastic.loop import call_length, windows
 from xlplastic.config import load_config
 from xlplastic.run import run
 
@@ -58,7 +58,7 @@ def test_stop_inside_a_call_window_then_resume(sharded_runs, tmp_path):
 
 
 def test_two_executables_compiled_once_each():
-    from xlplastic.calls import put_batches, run_call
+    from xlplastic.loop import put_batches, run_call
     from xlplastic.sharding import make_mesh
     from xlplastic.train import Specials, build_trainer
 
@@ -81,7 +81,7 @@ def test_two_executables_compiled_once_each():
 def test_k_steps_equal_single_steps_with_resets_and_accumulation():
     """Forgetting resets (every 2 updates) and gradient accumulation inside the scanned step: the
     parameters and optimizer state after 3-step calls equal those after single calls, bit for bit."""
-    from xlplastic.calls import put_batches, run_call
+    from xlplastic.loop import put_batches, run_call
     from xlplastic.sharding import make_mesh
     from xlplastic.train import Specials, build_trainer
 

@@ -165,6 +165,15 @@ def _random_heads(rng, n):
     return [int(rng.choice([h for h in range(n + 1) if h != i + 1])) for i in range(n)]
 
 
+def _random_tree(rng, n):
+    """A random tree whose every prefix is one too: word 1 on the root, each later word under an earlier one.
+
+    So the words that fit after truncation always form a tree whose arcs were all trained (a word whose
+    head is truncated away has untrained scores, and fitting it into the decoded tree may move a trained arc).
+    """
+    return [0] + [int(rng.integers(1, i + 1)) for i in range(1, n)]
+
+
 def _batch(kind, rng, B=4, T=12, L=5):
     W = T - 2
     n = rng.integers(3, W + 1, size=B)
@@ -267,7 +276,7 @@ def test_parser_fits_trees_and_scores_truncation_honestly(toks, corpus):
     examples = []
     for s in corpus.sentences[:4]:
         words = tuple(s[:7])
-        heads = tuple(_random_heads(rng, len(words)))
+        heads = tuple(_random_tree(rng, len(words)))
         examples.append(ParsingExample(words, ("X",) * len(words), heads, tuple(rng.choice(rels, len(words)))))
     lm = label_map(examples)
     assert "nmod" in lm and "nmod:poss" not in lm and num_labels("parsing", lm) == len(lm)
@@ -279,7 +288,8 @@ def test_parser_fits_trees_and_scores_truncation_honestly(toks, corpus):
     head, losses = _fit("parsing", h, batch, len(lm), steps=40, lr=3e-2, cfg=no_dropout)
     assert losses[-1] < 0.01 * losses[0], losses
     pred = _check("parsing", head, h, batch)
-    assert pred["heads"].shape == pred["rels"].shape == f.arrays["heads"].shape
+    N, W = f.arrays["heads"].shape
+    assert pred["arc_scores"].shape == pred["rel_by_head"].shape == (N, W, W + 1)
     out = score("parsing", pred, f, examples, lm)
     # every word that fitted and whose head fitted is right; the rest count as errors
     kept = f.meta["kept_words"]

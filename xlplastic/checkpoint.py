@@ -8,8 +8,14 @@ temporary folder and renames it when complete, so an interrupted save never look
 
 from __future__ import annotations
 
+import errno
+import json
 import logging
+import os
+import shutil
 import sys
+import time
+import zlib
 from pathlib import Path
 from typing import Any
 
@@ -61,8 +67,93 @@ def check_compatible(found: dict, expected: dict, where: str) -> None:
         raise UserError(f"{where}: checkpoint was trained with a different tokenizer (sha {fs[:12]} vs {es[:12]})")
 
 
+class DamagedCheckpoint(UserError):
+    """A checkpoint folder that cannot be read back (missing, truncated or changed files, no metadata)."""
+
+
+class CheckpointWriteError(UserError):
+    """A save failed (full disk, write error): the run stops with its own exit status; earlier
+    checkpoints are untouched."""
+
+    exit_code = 3
+
+
+MANIFEST = "xlplastic_manifest.json"
+
+
+def _crc(path: Path) -> int:
+    crc = 0
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 22):
+            crc = zlib.crc32(chunk, crc)
+    return crc
+
+
+def _files(folder: Path) -> dict[str, Path]:
+    return {str(p.relative_to(folder)): p for p in sorted(folder.rglob("*")) if p.is_file() and p.name != MANIFEST}
+
+
+def write_manifest(folder: Path) -> None:
+    """Size and CRC-32 of every file of a finished checkpoint: what tells a damaged one from an intact one
+    (reading it back costs about as much as a copy; Orbax's own commit marker only says the save ended)."""
+    entries = {rel: [p.stat().st_size, _crc(p)] for rel, p in _files(folder).items()}
+    tmp = folder / (MANIFEST + ".tmp")
+    tmp.write_text(json.dumps({"files": entries}), encoding="utf-8")
+    tmp.replace(folder / MANIFEST)
+
+
+def damage(folder: Path) -> str | None:
+    """Why a checkpoint folder cannot be resumed from, or None when it looks intact."""
+    if not folder.is_dir() or not any(folder.iterdir()):
+        return "the checkpoint folder is empty"
+    for item in ("state", "meta"):
+        if not (folder / item).is_dir() or not any((folder / item).iterdir()):
+            return f"its `{item}` item is missing"
+    manifest = folder / MANIFEST
+    if not manifest.is_file():
+        return None  # saved by a run stopped before it could write one: the restore itself will tell
+    try:
+        entries = json.loads(manifest.read_text(encoding="utf-8"))["files"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return f"its {MANIFEST} is unreadable"
+    for rel, (size, crc) in entries.items():
+        p = folder / rel
+        if not p.is_file():
+            return f"file {rel} is missing"
+        if p.stat().st_size != size:
+            return f"file {rel} has {p.stat().st_size} of its {size} bytes"
+        if _crc(p) != crc:
+            return f"file {rel} does not match its checksum"
+    return None
+
+
+def _os_error(e: BaseException) -> OSError | None:
+    seen = set()
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        if isinstance(e, OSError) and e.errno:
+            return e
+        e = e.__cause__ or e.__context__
+    return None
+
+
+def _strerror(e: BaseException) -> str:
+    """The errno text of a failed write, however deep Orbax / TensorStore wrapped it."""
+    os_err = _os_error(e)
+    if os_err is not None:
+        return os_err.strerror or errno.errorcode.get(os_err.errno, str(os_err.errno))
+    text = str(e)
+    for code in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EACCES, errno.EIO):
+        msg = os.strerror(code)
+        if msg in text or errno.errorcode[code] in text:
+            return msg
+    return (text.splitlines()[0] if text else type(e).__name__)[:200]
+
+
 class Checkpointer:
     def __init__(self, directory: str | Path, keep: int = 3, async_save: bool = True):
+        if keep < 1:
+            raise UserError(f"checkpoint.keep={keep}: expected >= 1 (the newest checkpoint is what a rerun resumes from)")
         self.directory = Path(directory).resolve()
         options = ocp.CheckpointManagerOptions(
             max_to_keep=keep,
@@ -70,25 +161,72 @@ class Checkpointer:
             enable_async_checkpointing=async_save,
         )
         self.manager = ocp.CheckpointManager(self.directory, options=options, item_names=("state", "meta"))
+        self._unverified: list[int] = []  # saved steps whose manifest is not written yet (async saves)
+        self._failed: CheckpointWriteError | None = None
 
     def latest_step(self) -> int | None:
         return self.manager.latest_step()
 
     def save(self, step: int, state: dict, meta: dict) -> None:
-        self.manager.save(
-            step,
-            args=ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)),
-            force=True,
-        )
+        self._finish()  # the previous save is complete before this one starts: manifest it
+        try:
+            self.manager.save(
+                step,
+                args=ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)),
+                force=True,
+            )
+        except Exception as e:  # noqa: BLE001 - any write failure becomes one line
+            self._fail(step, e)
+        self._unverified.append(step)
+
+    def _finish(self) -> None:
+        """Waits for the save in flight; writes manifests of finished saves (process 0)."""
+        if self._failed is not None:
+            raise self._failed
+        try:
+            self.manager.wait_until_finished()
+        except Exception as e:  # noqa: BLE001
+            self._fail(self._unverified[-1] if self._unverified else None, e)
+        steps, self._unverified = self._unverified, []
+        if jax.process_index() == 0:
+            for s in steps:
+                folder = self.directory / str(s)
+                if folder.is_dir():
+                    try:
+                        write_manifest(folder)
+                    except OSError as e:
+                        self._fail(s, e)
+
+    def _fail(self, step: int | None, e: BaseException) -> None:
+        """One line naming the path, the errno text and the newest intact checkpoint; the partial save's
+        temporary folder is removed (it is never read, and it holds the space a full disk needs)."""
+        _quiet_abandoned_reads()  # the failed save's other writes end with tracebacks: the one line says it all
+        if jax.process_index() == 0:
+            for tmp in self.directory.glob("*.orbax-checkpoint-tmp*"):
+                shutil.rmtree(tmp, ignore_errors=True)
+            if step is not None and (self.directory / str(step)).is_dir() and damage(self.directory / str(step)):
+                shutil.rmtree(self.directory / str(step), ignore_errors=True)
+        try:
+            self.manager.reload()
+        except Exception:  # noqa: BLE001
+            pass
+        intact = [s for s in sorted(self.manager.all_steps(), reverse=True)
+                  if s != step and damage(self.directory / str(s)) is None]
+        newest = f"{self.directory / str(intact[0])}" if intact else "none"
+        where = self.directory / str(step) if step is not None else self.directory
+        self._failed = CheckpointWriteError(
+            f"checkpoint save to {where} failed: {_strerror(e)}; the newest intact checkpoint is {newest} "
+            "(free space or fix the path, then rerun the same command to resume from it)")
+        raise self._failed from None
 
     def read_meta(self, step: int) -> dict:
         where = self.directory / str(step)
         try:
             out = self.manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))
         except Exception as e:  # noqa: BLE001 - Orbax raises many types for unreadable folders
-            raise UserError(f"{where}: checkpoint metadata is unreadable ({type(e).__name__}); expected an xlplastic checkpoint") from None
+            raise DamagedCheckpoint(f"{where}: checkpoint metadata is unreadable ({type(e).__name__}); expected an xlplastic checkpoint") from None
         if not isinstance(out.meta, dict):
-            raise UserError(f"{where}: checkpoint metadata is missing; expected an xlplastic checkpoint")
+            raise DamagedCheckpoint(f"{where}: checkpoint metadata is missing; expected an xlplastic checkpoint")
         return out.meta
 
     def restore(self, step: int, abstract_state: dict, expected_meta: dict) -> dict:
@@ -101,16 +239,65 @@ class Checkpointer:
         except Exception as e:  # noqa: BLE001
             msg = str(e).splitlines()[0] if str(e) else type(e).__name__
             msg = msg.split(" See full TensorStore details")[0][:200]  # the rest is a repr of a bound method
-            raise UserError(f"{where}: checkpoint is corrupt or incompatible ({msg}); expected a complete checkpoint of this model") from None
+            raise DamagedCheckpoint(f"{where}: checkpoint is corrupt or incompatible ({msg}); expected a complete checkpoint of this model") from None
         undo()  # a complete restore leaves nothing in flight; after a failed one the filter stays
         return out.state
 
+    def restore_latest(self, abstract_state: dict, expected_meta: dict, warn=print) -> tuple[int, dict] | None:
+        """(step, state) of the newest checkpoint that is intact and restores, or None when there is none.
+
+        A damaged newer checkpoint is moved to `damaged_checkpoints/` beside `checkpoints/` (one warning
+        line each) once an older one has restored, so later saves can reuse its step. When every
+        checkpoint is damaged nothing is moved and the run stops with one line: starting over silently
+        would throw away a long run."""
+        damaged: list[tuple[int, str]] = []
+        for step in sorted(self.manager.all_steps(), reverse=True):
+            folder = self.directory / str(step)
+            problem = damage(folder)
+            if problem is None:
+                try:
+                    state = self.restore(step, abstract_state, expected_meta)
+                except DamagedCheckpoint as e:
+                    problem = str(e).split(": ", 1)[-1]
+                else:
+                    self._set_aside(damaged, step, warn)
+                    return step, state
+            damaged.append((step, problem))
+        if damaged:
+            listing = "; ".join(f"step {s}: {p}" for s, p in damaged)
+            raise DamagedCheckpoint(f"{self.directory}: no intact checkpoint to resume from ({listing}); "
+                                    "expected at least one; remove the folder to start the run over")
+        return None
+
+    def _set_aside(self, damaged: list[tuple[int, str]], resumed: int, warn) -> None:
+        if not damaged:
+            return
+        aside = self.directory.parent / "damaged_checkpoints"
+        for step, problem in damaged:
+            dest = aside / f"{step}-{int(time.time())}"
+            warn(f"checkpoint {self.directory / str(step)} is damaged ({problem}); moved to {dest}, "
+                 f"resuming from step {resumed}")
+            if jax.process_index() == 0:
+                aside.mkdir(exist_ok=True)
+                shutil.move(str(self.directory / str(step)), str(dest))
+        if jax.process_count() > 1:
+            from jax.experimental import multihost_utils
+
+            multihost_utils.sync_global_devices("damaged_checkpoints")
+        self.manager.reload()
+
     def wait(self) -> None:
-        self.manager.wait_until_finished()
+        self._finish()
 
     def close(self) -> None:
-        self.manager.wait_until_finished()
-        self.manager.close()
+        try:
+            self._finish()
+        finally:
+            try:
+                self.manager.close()
+            except Exception:  # noqa: BLE001 - after a failed save, the failure is what gets reported
+                if self._failed is None:
+                    raise
 
 
 def _quiet_abandoned_reads():
@@ -151,7 +338,7 @@ def latest_state_dir(run: str | Path) -> tuple[Path, int]:
     if not folder.is_dir():
         raise UserError(f"{root}: no such run directory; expected a run folder holding checkpoints/")
     mgr = ocp.CheckpointManager(folder, item_names=("state", "meta"))
-    step = mgr.latest_step()
+    step = next((s for s in sorted(mgr.all_steps(), reverse=True) if damage(folder / str(s)) is None), None)
     mgr.close()
     if step is None:
         raise UserError(f"{folder}: no complete checkpoint; expected a finished (or checkpointed) run to start from")

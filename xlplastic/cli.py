@@ -10,7 +10,11 @@ import os
 import sys
 from pathlib import Path
 
+import errno
+
 from xlplastic.errors import UserError
+
+WRITE_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EIO, errno.EFBIG, errno.EACCES)
 
 
 def _distributed_init(args) -> None:
@@ -21,6 +25,9 @@ def _distributed_init(args) -> None:
     nproc = args.num_processes or int(os.environ.get("XLPLASTIC_NUM_PROCESSES", "0") or 0)
     pid = args.process_id if args.process_id is not None else os.environ.get("XLPLASTIC_PROCESS_ID")
     if coord and nproc and nproc > 1:
+        if pid is None or not str(pid).strip().isdigit() or not 0 <= int(pid) < nproc:
+            raise UserError(f"--process-id (or XLPLASTIC_PROCESS_ID) is {pid!r} with --coordinator and --num-processes "
+                            f"{nproc}; expected this process's index, 0..{nproc - 1}, a different one on each process")
         if jax.config.jax_platforms in (None, "", "cpu") or os.environ.get("JAX_PLATFORMS", "") == "cpu":
             jax.config.update("jax_cpu_collectives_implementation", "gloo")
         jax.distributed.initialize(coordinator_address=coord, num_processes=nproc, process_id=int(pid))
@@ -28,23 +35,62 @@ def _distributed_init(args) -> None:
         jax.distributed.initialize()  # auto-detection: Cloud TPU pods, SLURM, Open MPI
 
 
-def _compilation_cache() -> None:
+_CACHE_SAID = False  # the cache line is printed once per process
+
+
+def _process_id_hint(args) -> int | None:
+    """This process's index when the launch says it before jax.distributed starts (--process-id or
+    XLPLASTIC_PROCESS_ID); None when unknown (one process, or cluster auto-detection)."""
+    pid = getattr(args, "process_id", None)
+    if pid is None:
+        env = os.environ.get("XLPLASTIC_PROCESS_ID", "")
+        pid = int(env) if env.strip().isdigit() else None
+    return pid
+
+
+def _compilation_cache(args=None) -> None:
     """Persistent XLA compilation cache (a pipeline compiles the same programs in several stages, and
-    reruns compile nothing); JAX_COMPILATION_CACHE_DIR overrides the place, an empty value turns it off."""
+    reruns compile nothing); JAX_COMPILATION_CACHE_DIR overrides the place, an empty value turns it off.
+
+    Says where it is once per process, on stdout: this runs before jax.distributed starts, so the
+    process index is only known from --process-id / XLPLASTIC_PROCESS_ID (other processes stay quiet);
+    with cluster auto-detection (--distributed) every process prints the line."""
+    global _CACHE_SAID
     import jax
 
     where = os.environ.get("JAX_COMPILATION_CACHE_DIR", str(Path.home() / ".cache" / "xlplastic" / "jax-compile"))
     if where:
         jax.config.update("jax_compilation_cache_dir", where)
+        if not _CACHE_SAID and _process_id_hint(args) in (None, 0):
+            print(f"xlplastic: XLA compilation cache: {where} (the first run compiles; later runs reuse it)", flush=True)
+        _CACHE_SAID = True
+
+
+def _quiet_after_done() -> None:
+    """After a completed run nothing should follow its last line (`done: ...`): absl (Orbax logs
+    through it) and JAX log records of WARNING and ERROR level emitted while the interpreter shuts down
+    (thread, client and distributed teardown) are dropped; only CRITICAL passes. Everything the run
+    writes is complete before `done:` (checkpoints are waited for and closed), so nothing of the run's
+    own is hidden. The streams are flushed first."""
+    import logging
+
+    for name in ("absl", "orbax", "jax"):
+        logging.getLogger(name).setLevel(logging.CRITICAL)
+    if "absl.logging" in sys.modules:
+        sys.modules["absl.logging"].set_verbosity("fatal")
+    sys.stdout.flush()
+    sys.stderr.flush()
 
 
 def _cmd_run(args) -> int:
     from xlplastic.config import load_config
 
-    _compilation_cache()
+    _compilation_cache(args)
     cfg = load_config(args.config, args.set)
     _distributed_init(args)
-    run_dir = Path(args.run_dir) if args.run_dir else Path("runs") / cfg.name
+    from xlplastic.runtime import check_run_dir
+
+    run_dir = check_run_dir(Path(args.run_dir) if args.run_dir else Path("runs") / cfg.name)  # before any work
     if cfg.pipeline is not None:  # the relearning pipeline: stages over a sweep
         from xlplastic.stages import run_pipeline
 
@@ -52,12 +98,13 @@ def _cmd_run(args) -> int:
     elif cfg.task is not None:  # fine-tune (or, with train.steps 0, only evaluate) a task head
         from xlplastic.finetune import run_task
 
-        result = run_task(cfg, run_dir)
+        result = run_task(cfg, run_dir, allow_change=tuple(args.allow_change))
     else:  # masked-LM pretraining (or language adaptation, with init/trainable set)
         from xlplastic.run import run
         from xlplastic.stages import materialize_lab
 
-        result = run(materialize_lab(cfg, run_dir.resolve()), run_dir)
+        result = run(materialize_lab(cfg, run_dir.resolve()), run_dir, allow_change=tuple(args.allow_change))
+    _quiet_after_done()
     if result.interrupted:
         sig = result.results.get("signal")
         return 128 + int(sig) if sig else 0
@@ -87,21 +134,27 @@ def _cmd_analyze(args) -> int:
     return 0
 
 
+BENCHMARKS = {"train": "train_bench", "memory": "memory_bench", "analysis": "analysis_bench"}
+
+
 def _cmd_bench(args) -> int:
-    rest = list(args.rest) + (["--json", args.json] if args.json else [])
-    if args.what == "train":
-        from xlplastic.bench import train_bench
+    """Runs `xlplastic.bench.<what>_bench.main(options)`; `--help` shows that benchmark's own options."""
+    import importlib
 
-        return train_bench.main(rest)
-    if args.what == "memory":
-        from xlplastic.bench import memory_bench
+    from xlplastic.bench.common import check_json_path
 
-        return memory_bench.main(rest)
-    if args.what == "analysis":
-        from xlplastic.bench import analysis_bench
-
-        return analysis_bench.main(rest)
-    raise UserError(f"unknown benchmark {args.what!r}; expected one of: train, memory, analysis")
+    if args.what not in BENCHMARKS:
+        raise UserError(f"unknown benchmark {args.what!r}; expected one of: {', '.join(BENCHMARKS)}")
+    if args.help:
+        rest = ["--help"]
+    else:
+        check_json_path(args.json)  # before the benchmark spends minutes, not when it writes its figures
+        rest = list(args.rest) + (["--json", args.json] if args.json else [])
+    bench = importlib.import_module(f"xlplastic.bench.{BENCHMARKS[args.what]}")
+    try:
+        return int(bench.main(rest) or 0)
+    except SystemExit as e:  # the benchmark's argparse: --help (0) or a usage error (2)
+        return e.code if isinstance(e.code, int) else (0 if e.code is None else 2)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -111,10 +164,20 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("config", help="YAML config (may use `base:` inheritance)")
     r.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key, e.g. train.steps=100")
     r.add_argument("--run-dir", help="output folder (default runs/<name>); rerunning resumes from its checkpoints")
-    r.add_argument("--coordinator", help="jax.distributed coordinator host:port (multi-process)")
-    r.add_argument("--num-processes", type=int)
-    r.add_argument("--distributed", action="store_true", help="jax.distributed.initialize() with cluster auto-detection (TPU pod, SLURM)")
-    r.add_argument("--process-id", type=int)
+    r.add_argument("--allow-change", action="append", default=[], metavar="KEY",
+                   help="resume a run whose config differs in KEY on purpose (only train.steps: a longer run); "
+                   "any other change to what a run computes is refused (docs/config.md#run-directories)")
+    r.add_argument("--coordinator", metavar="HOST:PORT",
+                   help="jax.distributed coordinator address, the same on every process (multi-process); "
+                   "env XLPLASTIC_COORDINATOR")
+    r.add_argument("--num-processes", type=int, metavar="N",
+                   help="how many processes the run has in all (with --coordinator and --process-id; "
+                   "distributed only when N > 1); env XLPLASTIC_NUM_PROCESSES")
+    r.add_argument("--distributed", action="store_true", help="jax.distributed.initialize() with cluster auto-detection (TPU pod, SLURM); "
+                   "env XLPLASTIC_DISTRIBUTED=auto")
+    r.add_argument("--process-id", type=int, metavar="I",
+                   help="this process's index, 0..N-1, different on each process; process 0 writes the outputs "
+                   "(with --coordinator and --num-processes); env XLPLASTIC_PROCESS_ID")
     r.set_defaults(fn=_cmd_run)
     a = sub.add_parser("analyze", help="cross-lingual structure of one or two checkpoints: CKA, retrieval, word translation")
     a.add_argument("runs", nargs="+", metavar="RUN", help="run directories (their latest checkpoint); two = compare models")
@@ -128,11 +191,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="benchmarks: `train` (tokens/s vs HF PyTorch), `memory` (FSDP per-device state bytes), "
         "`analysis` (CKA and CSLS kernels vs NumPy)",
         description="Options other than --json go to the benchmark, e.g. `xlplastic bench train --json out.json "
-        "--layers 2`; see `xlplastic bench train -- --help`.",
+        "--layers 2`; `xlplastic bench train --help` lists the benchmark's own options.",
+        add_help=False,  # -h after a benchmark name is that benchmark's help (handled in main)
     )
-    b.add_argument("what", choices=["train", "memory", "analysis"])
-    b.add_argument("--json", help="write the figures to this JSON file")
-    b.set_defaults(fn=_cmd_bench)
+    b.add_argument("-h", "--help", action="store_true",
+                   help="show this help; after a benchmark name, the benchmark's own options")
+    b.add_argument("what", nargs="?", choices=list(BENCHMARKS), help="which benchmark")
+    b.add_argument("--json", metavar="PATH", help="write the figures to this JSON file (checked before the run)")
+    b.set_defaults(fn=_cmd_bench, parser=b)
     return p
 
 
@@ -140,6 +206,11 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
     if args.command == "bench":
+        if args.what is None:
+            if args.help:
+                args.parser.print_help()
+                return 0
+            args.parser.error("the following arguments are required: what")
         args.rest = [a for a in extra if a != "--"]  # benchmark options pass through
     elif extra:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
@@ -147,7 +218,13 @@ def main(argv: list[str] | None = None) -> int:
         return int(args.fn(args) or 0)
     except UserError as e:
         print(f"xlplastic: error: {e}", file=sys.stderr, flush=True)
-        return 2
+        return getattr(e, "exit_code", 2)  # 2, or a fault's own status (3: a checkpoint could not be written)
+    except OSError as e:  # a write the run could not make (full disk, read-only place, quota): one line too
+        if e.errno not in WRITE_ERRNOS:
+            raise
+        print(f"xlplastic: error: {e.filename or 'a file'}: {e.strerror}; expected space and write access there "
+              "(rerun the same command once fixed: the run resumes from its newest intact checkpoint)", file=sys.stderr, flush=True)
+        return 3
 
 
 if __name__ == "__main__":

@@ -9,7 +9,6 @@ trainable groups, checkpoints and resume behave identically. Batches are a pure 
 from __future__ import annotations
 
 import json
-import signal
 import time
 from pathlib import Path
 
@@ -21,15 +20,18 @@ from flax import nnx
 from xlplastic import checkpoint as ckpt_lib
 from xlplastic import model as model_lib
 from xlplastic.assemble import compose_params
-from xlplastic.calls import metric_rows, put_batches, run_call, windows
 from xlplastic.config import Config, TaskConfig, dump_config
+from xlplastic.data.run_tokenizer import prepare_tokenizer
 from xlplastic.data.sources import resolve_path
 from xlplastic.data.tokenizers import special_tokens
 from xlplastic.data.vocabulary import for_language
 from xlplastic.errors import UserError
+from xlplastic.loop import Checkpoints, RowLogger, every, restore_or_init, train_loop
 from xlplastic.metrics import MetricsLog, Progress
-from xlplastic.run import RunResult, _finite_or_raise, _sha, _write_json, is_main, log, prepare_tokenizer
-from xlplastic.sharding import activation_rules, check_batch, make_mesh, put_global_batch
+from xlplastic.record import check_rerun, write_config
+from xlplastic.run import RunResult
+from xlplastic.runtime import StopRequest, check_run_dir, is_main, local_rows, log, sha, write_json
+from xlplastic.sharding import activation_rules, check_batch, make_mesh, put_global_batch, replicated
 from xlplastic.tasks import features as feats
 from xlplastic.tasks import readers
 from xlplastic.tasks.heads import create_head, head_loss, head_predict
@@ -116,21 +118,15 @@ class _Order:
         return out
 
 
-def _local(arrays: dict[str, np.ndarray], rows: np.ndarray) -> dict[str, np.ndarray]:
-    pc, pi = jax.process_count(), jax.process_index()
-    per = len(rows) // pc
-    mine = rows[pi * per : (pi + 1) * per]
-    return {k: v[mine] for k, v in arrays.items()}
-
-
 def run_task(cfg: Config, run_dir: str | Path, *, stage: str = "task_adapt", stop_at: int | None = None,
-             devices: list | None = None) -> RunResult:
+             devices: list | None = None, allow_change: tuple[str, ...] = ()) -> RunResult:
     """Fine-tunes `cfg.task` for `cfg.train.steps` (0 = evaluate only) and scores every test language."""
     task = cfg.task
     if task is None:
         raise UserError("this run has no `task:` section; expected a task to fine-tune or evaluate")
-    run_dir = Path(run_dir).resolve()
-    run_dir.mkdir(parents=True, exist_ok=True)
+    run_dir = check_run_dir(run_dir)
+    config_text = dump_config(cfg)
+    changed = check_rerun(run_dir, config_text, allow_change)
     t0 = time.perf_counter()
     tcfg, dd = cfg.train, cfg.data.data_dir
     tokenizer = prepare_tokenizer(cfg, run_dir)
@@ -144,11 +140,11 @@ def run_task(cfg: Config, run_dir: str | Path, *, stage: str = "task_adapt", sto
         train_ex = read_split(task, task.train, dd, task.max_train_examples, hf_split="train")
         label_map = readers.label_map(train_ex)
         if is_main():
-            _write_json(labels_file, label_map)
+            write_json(labels_file, label_map)
     elif cfg.init.from_run and base_labels.is_file():
         train_ex, label_map = [], json.loads(base_labels.read_text(encoding="utf-8"))
         if is_main():
-            _write_json(labels_file, label_map)
+            write_json(labels_file, label_map)
     else:
         raise UserError(f"task `{task.name}`: evaluation-only run (train.steps=0) needs init.from_run pointing to a "
                         "task-adapted run (its labels.json); expected a fine-tuned model")
@@ -182,68 +178,45 @@ def run_task(cfg: Config, run_dir: str | Path, *, stage: str = "task_adapt", sto
     ndims = {k: v.ndim for k, v in sample.arrays.items()}
     objective, predict = task_objective(cfg, task.kind, n_labels, sp.pad, ndims, sp.eos)
     trainer = build_trainer(cfg, mesh, vocab, specials, objective)
+    # Predictions come back replicated: with several processes every one reads the whole batch's.
     predict_fn = jax.jit(
         lambda params, batch: _with_rules(mesh, cfg, lambda: predict(trainer.merge(params), params, batch)),
+        out_shardings=replicated(mesh),
     )
 
     ckpt = ckpt_lib.Checkpointer(run_dir / "checkpoints", keep=cfg.checkpoint.keep, async_save=cfg.checkpoint.async_save)
-    meta = ckpt_lib.make_meta(vocab, cfg.model.model_dump(), _sha(tokenizer.to_str()), {"task": task.name, "labels": n_labels})
-    start = ckpt.latest_step() if cfg.checkpoint.resume else None
-    if start is not None:
-        state = ckpt.restore(start, ckpt_lib.abstract_like(jax.eval_shape(trainer.init), trainer.state_shardings), meta)
-        log(f"resumed task run from step {start}")
-    else:
-        state, start = trainer.init(), 0
-        state["params"] = compose_params(cfg.init, state["params"], trainer,
-                                         seed=tcfg.seed, pad_id=sp.pad, tokenizer_sha=_sha(tokenizer.to_str()),
-                                         tokenizer=tokenizer, data_dir=dd, log=log)
+    tok_sha = sha(tokenizer.to_str())
+    meta = ckpt_lib.make_meta(vocab, cfg.model.model_dump(), tok_sha, {"task": task.name, "labels": n_labels})
+
+    def fresh(params):
+        return compose_params(cfg.init, params, trainer, seed=tcfg.seed, pad_id=sp.pad, tokenizer_sha=tok_sha,
+                              tokenizer=tokenizer, data_dir=dd, log=log)
+
+    state, start, restored = restore_or_init(ckpt, trainer, meta, resume=cfg.checkpoint.resume, fresh_params=fresh)
     if is_main():
-        (run_dir / "config.yaml").write_text(dump_config(cfg), encoding="utf-8")
+        write_config(run_dir, config_text, changed, start)
 
     metrics_log = MetricsLog(run_dir, start, enabled=is_main())
     progress = Progress(tcfg.steps, start, enabled=tcfg.progress and is_main() and tcfg.steps > 0)
+    rows = RowLogger(metrics_log, progress, tcfg.log_every, tcfg.steps)
     order = _Order(len(train_f.arrays["tokens"]), tcfg.batch_size, tcfg.seed) if train_f else None
-    pending = None
-    stop = {"signal": None}
-
-    def on_signal(signum, _frame):
-        stop["signal"] = signum
-
-    # SIGTERM/SIGINT: finish the step, save a checkpoint, exit; a rerun resumes there (as MLM runs do).
-    old_handlers = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
+    checkpoints = Checkpoints(ckpt, meta, every(cfg.checkpoint.every), last=start if restored else None)
     try:
-        with jax.transfer_guard("disallow"):
-            every = cfg.checkpoint.every
-            for first, s in windows(start, tcfg.steps, tcfg.steps_per_call,
-                                    lambda t: bool((every and t % every == 0) or t == stop_at)):
-                n = s - first + 1
-                with jax.transfer_guard_host_to_device("allow"):
-                    batch = put_batches([_local(train_f.arrays, order.rows(t - 1)) for t in range(first, s + 1)],
-                                        mesh, tcfg.batch_size)
-                state, dev = run_call(trainer, state, batch, n)
-                if pending is not None:
-                    _log_rows(*pending, metrics_log, progress, tcfg)
-                pending = (first, n, dev)
-                halt = stop["signal"] is not None or s == stop_at
-                if (every and s % every == 0 and s != tcfg.steps) or halt:
-                    _log_rows(*pending, metrics_log, progress, tcfg)
-                    pending = None
-                    ckpt.save(s, state, meta)
-                if halt:
-                    log(f"stopped at step {s}; checkpoint saved, rerun the same command to resume")
-                    return RunResult(run_dir, s, {"signal": stop["signal"]}, interrupted=True)
-            if pending is not None:
-                _log_rows(*pending, metrics_log, progress, tcfg)
-        if tcfg.steps > start:
-            ckpt.save(tcfg.steps, state, meta)
-        elif tcfg.steps == 0 and start == 0:
-            ckpt.save(0, state, meta)  # an assembled model is a checkpoint too (analysis, later stages)
+        with StopRequest() as stop:
+            end = train_loop(trainer, state, start=start, total=tcfg.steps, steps_per_call=tcfg.steps_per_call,
+                             batch_of=lambda t: local_rows(train_f.arrays, order.rows(t - 1)),
+                             global_batch=tcfg.batch_size, hooks=[], checkpoints=checkpoints, rows=rows,
+                             stop=stop, stop_at=stop_at)
+        state = end.state
+        if not end.interrupted:
+            checkpoints.save(end.step, state)  # with train.steps 0, the assembled model: a checkpoint too
     finally:
-        for sig, h in old_handlers.items():
-            signal.signal(sig, h)
         progress.close()
         ckpt.close()
         metrics_log.close()
+    if end.interrupted:
+        log(f"stopped at step {end.step}; checkpoint saved, rerun the same command to resume")
+        return RunResult(run_dir, end.step, {"signal": end.signal}, interrupted=True)
 
     scores = {lang: _score(task, state["params"], ex, f, label_map, predict_fn, mesh, tcfg.batch_size)
               for lang, (ex, f) in evals.items()}
@@ -254,7 +227,7 @@ def run_task(cfg: Config, run_dir: str | Path, *, stage: str = "task_adapt", sto
     results = {"name": cfg.name, "task": task.name, "scores": scores, "summary": summary,
                "final": {"step": tcfg.steps, "wall_time_s": time.perf_counter() - t0, "labels": n_labels}}
     if is_main():
-        _write_json(run_dir / "results.json", results)
+        write_json(run_dir / "results.json", results)
     log(f"{stage} {task.name}: " + "; ".join(f"{l} " + ", ".join(f"{m} {v:.4f}" for m, v in sc.items()) for l, sc in scores.items()))
     return RunResult(run_dir, tcfg.steps, results)
 
@@ -264,14 +237,6 @@ def _with_rules(mesh, cfg, fn):
         return fn()
 
 
-def _log_rows(first, n, dev, metrics_log, progress, tcfg):
-    for row in metric_rows(first, n, jax.device_get(dev)):
-        _finite_or_raise(row, None)
-        if row["step"] % tcfg.log_every == 0 or row["step"] == tcfg.steps:
-            metrics_log.write(row)
-        progress.update(row["step"], {"loss": row["loss"]})
-
-
 def _score(task: TaskConfig, params, examples, f: feats.Features, label_map, predict_fn, mesh, batch: int) -> dict:
     """Predictions batch by batch (the last batch padded with copies of row 0, then dropped), scored on host."""
     n = len(f.arrays["tokens"])
@@ -279,7 +244,7 @@ def _score(task: TaskConfig, params, examples, f: feats.Features, label_map, pre
     for lo in range(0, n, batch):
         idx = np.arange(lo, lo + batch)
         idx[idx >= n] = 0
-        local = _local(f.arrays, idx)
+        local = local_rows(f.arrays, idx)
         out = jax.device_get(predict_fn(params, put_global_batch(local, mesh, batch)))
         keep = min(batch, n - lo)
         outs.append({k: v[:keep] for k, v in out.items()})

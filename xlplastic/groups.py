@@ -7,13 +7,14 @@ assembly (take group G from checkpoint A). First matching pattern wins.
 A language-specific copy (`lang_<l>/...`, see `model.separate`) is labelled `<group>@<l>`: a selector
 naming the plain group (`token_embedding`) covers every language's copy too, one naming `group@l` only
 that copy, so forgetting, trainable groups and assembly need no special case for separate parameters.
+
+Which groups a model has is a function of its config alone (`model_groups`), so configs are checked
+against it when they load, without building a model; this module imports JAX only where it needs it.
 """
 
 from __future__ import annotations
 
 import re
-
-import jax
 
 GROUPS = (
     "token_embedding",
@@ -49,8 +50,29 @@ def selects(selector: str, label: str) -> bool:
     return selector == label or selector == base_group(label)
 
 
+def model_groups(model, task: bool = False) -> list[str]:
+    """The group selectors a model of config `model` (a ModelConfig) has, without building it: each group
+    it has parameters in (`task_head` only in a task run: `task`), then each language's copies
+    (`token_embedding@fr`, ...) with `model.separate`. Mirrors `model.Encoder` and DEFAULT_RULES (a test
+    compares it with the labels of built models)."""
+    sep = model.separate
+    out = ["token_embedding", "position_embedding"]
+    if model.num_languages:
+        out.append("language_embedding")
+    out += ["embedding_norm", "body", "mlm_head"]  # embed_norm, the layers (or their copies), the MLM head
+    if task:
+        out.append("task_head")
+    if sep.any:
+        copied = [g for g, on in (("token_embedding", sep.embeddings), ("position_embedding", sep.position_copies),
+                                  ("body", sep.layers > 0)) if on]
+        out += [f"{g}@{lang}" for g in copied for lang in model.languages]
+    return out
+
+
 def select_labels(selectors, labels) -> frozenset[str]:
     """The labels (of those present) that any of `selectors` covers."""
+    import jax
+
     present = set(jax.tree.leaves(labels)) if isinstance(labels, dict) else set(labels)
     return frozenset(l for l in present if any(selects(s, l) for s in selectors))
 
@@ -71,6 +93,8 @@ def path_str(path) -> str:
 
 def label_params(params, rules=DEFAULT_RULES) -> dict:
     """Same-structure tree of group names; an unlabelled leaf is an error (it would silently not train)."""
+    import jax
+
     compiled = [(re.compile(p), g) for p, g in rules]
 
     def label(path, _):
@@ -87,4 +111,6 @@ def label_params(params, rules=DEFAULT_RULES) -> dict:
 
 def decay_mask(params) -> dict:
     """Weight decay on matrices only (not biases or layer-norm scales), as BERT/RoBERTa recipes do."""
+    import jax
+
     return jax.tree.map(lambda x: x.ndim >= 2, params)

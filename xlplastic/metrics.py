@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import math
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -58,10 +57,34 @@ class MetricsLog:
                     self._tb.add_scalar(k, v, row["step"])
 
     def close(self) -> None:
-        if self.enabled:
-            self._file.close()
-            if self._tb is not None:
-                self._tb.close()
+        if not self.enabled:
+            return
+        errors = []
+        for close in (self._file.close, self._close_tensorboard):
+            try:
+                close()
+            except OSError as e:  # a full disk: close the rest, then report the first failure
+                errors.append(e)
+        if errors:
+            raise errors[0]
+
+    def _close_tensorboard(self) -> None:
+        if self._tb is None:
+            return
+        tb, self._tb = self._tb, None
+        try:
+            tb.close()
+        except OSError:
+            # tensorboardX retries its final flush at exit and its writer thread reads a closed queue:
+            # mark its writers closed so a failed flush is reported once, here, not as exit tracebacks.
+            for w in (getattr(tb, "all_writers", None) or {}).values():
+                ev = w.event_writer
+                worker = getattr(ev, "_worker", None)
+                ev._closed = True
+                if worker is not None:
+                    worker.stop = lambda: None
+                    worker.daemon = True
+            raise
 
 
 class Progress:
@@ -94,13 +117,3 @@ class Progress:
     def close(self) -> None:
         if self._bar is not None:
             self._bar.stop()
-
-
-class Timer:
-    def __init__(self):
-        self.t0 = time.perf_counter()
-
-    def lap(self) -> float:
-        t = time.perf_counter()
-        dt, self.t0 = t - self.t0, t
-        return dt

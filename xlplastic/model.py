@@ -18,10 +18,10 @@ from jax.extend.random import threefry2x32_p
 from xlplastic.config import ModelConfig
 from xlplastic.sharding import constrain
 
-_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
 
-def _param(rngs: nnx.Rngs, shape, axes, std: float | None, dtype) -> nnx.Param:
+def param(rngs: nnx.Rngs, shape, axes, std: float | None, dtype) -> nnx.Param:
     """A parameter with logical axes; std None = zeros, 'one' = ones."""
     if std is None:
         value = jnp.zeros(shape, dtype)
@@ -34,10 +34,10 @@ def _param(rngs: nnx.Rngs, shape, axes, std: float | None, dtype) -> nnx.Param:
 
 class LayerNorm(nnx.Module):
     def __init__(self, cfg: ModelConfig, rngs: nnx.Rngs):
-        pd = _DTYPES[cfg.param_dtype]
+        pd = DTYPES[cfg.param_dtype]
         self.eps = cfg.layer_norm_eps
-        self.scale = _param(rngs, (cfg.hidden_size,), ("embed",), "one", pd)
-        self.bias = _param(rngs, (cfg.hidden_size,), ("embed",), None, pd)
+        self.scale = param(rngs, (cfg.hidden_size,), ("embed",), "one", pd)
+        self.bias = param(rngs, (cfg.hidden_size,), ("embed",), None, pd)
 
     def __call__(self, x):
         dtype = x.dtype
@@ -79,17 +79,17 @@ def dropout(x, rate: float, key):
 
 class Attention(nnx.Module):
     def __init__(self, cfg: ModelConfig, rngs: nnx.Rngs):
-        pd, std = _DTYPES[cfg.param_dtype], cfg.init_std
+        pd, std = DTYPES[cfg.param_dtype], cfg.init_std
         D, N = cfg.hidden_size, cfg.num_heads
         H = D // N
         self.cfg = cfg
-        self.qkv_kernel = _param(rngs, (3, D, N, H), ("qkv", "embed", "heads", "kv"), std, pd)
-        self.qkv_bias = _param(rngs, (3, N, H), ("qkv", "heads", "kv"), None, pd)
-        self.out_kernel = _param(rngs, (N, H, D), ("heads", "kv", "embed"), std, pd)
-        self.out_bias = _param(rngs, (D,), ("embed",), None, pd)
+        self.qkv_kernel = param(rngs, (3, D, N, H), ("qkv", "embed", "heads", "kv"), std, pd)
+        self.qkv_bias = param(rngs, (3, N, H), ("qkv", "heads", "kv"), None, pd)
+        self.out_kernel = param(rngs, (N, H, D), ("heads", "kv", "embed"), std, pd)
+        self.out_bias = param(rngs, (D,), ("embed",), None, pd)
         if cfg.relative_attention:  # T5-style learned bias per head and clipped offset j - i
             R = cfg.relative_attention
-            self.relative_bias = _param(rngs, (N, 2 * R + 1), ("heads", "relative"), None, pd)
+            self.relative_bias = param(rngs, (N, 2 * R + 1), ("heads", "relative"), None, pd)
 
     def _bias(self, T: int):
         """[1, N, T, T] attention-score bias from the relative offsets, or None."""
@@ -131,12 +131,12 @@ class Attention(nnx.Module):
 
 class MLP(nnx.Module):
     def __init__(self, cfg: ModelConfig, rngs: nnx.Rngs):
-        pd, std = _DTYPES[cfg.param_dtype], cfg.init_std
+        pd, std = DTYPES[cfg.param_dtype], cfg.init_std
         D, F = cfg.hidden_size, cfg.mlp_dim
-        self.in_kernel = _param(rngs, (D, F), ("embed", "mlp"), std, pd)
-        self.in_bias = _param(rngs, (F,), ("mlp",), None, pd)
-        self.out_kernel = _param(rngs, (F, D), ("mlp", "embed"), std, pd)
-        self.out_bias = _param(rngs, (D,), ("embed",), None, pd)
+        self.in_kernel = param(rngs, (D, F), ("embed", "mlp"), std, pd)
+        self.in_bias = param(rngs, (F,), ("mlp",), None, pd)
+        self.out_kernel = param(rngs, (F, D), ("mlp", "embed"), std, pd)
+        self.out_bias = param(rngs, (D,), ("embed",), None, pd)
 
     def __call__(self, x_BxTxD):
         dt = x_BxTxD.dtype
@@ -171,23 +171,23 @@ class MLMHead(nnx.Module):
     """Dense + GELU + LayerNorm transform, then the tied vocabulary projection with its own bias."""
 
     def __init__(self, cfg: ModelConfig, vocab_size: int, rngs: nnx.Rngs):
-        pd, std = _DTYPES[cfg.param_dtype], cfg.init_std
+        pd, std = DTYPES[cfg.param_dtype], cfg.init_std
         D = cfg.hidden_size
-        self.kernel = _param(rngs, (D, D), ("embed", "hidden"), std, pd)
-        self.bias = _param(rngs, (D,), ("hidden",), None, pd)
+        self.kernel = param(rngs, (D, D), ("embed", "hidden"), std, pd)
+        self.bias = param(rngs, (D,), ("hidden",), None, pd)
         self.norm = LayerNorm(cfg, rngs)
-        self.output_bias = _param(rngs, (vocab_size,), ("vocab",), None, pd)
+        self.output_bias = param(rngs, (vocab_size,), ("vocab",), None, pd)
 
 
 class LanguageParts(nnx.Module):
     """One language's own copies (`model.separate`): token / position embeddings and bottom layers."""
 
     def __init__(self, cfg: ModelConfig, vocab_size: int, rngs: nnx.Rngs):
-        pd, std, sep = _DTYPES[cfg.param_dtype], cfg.init_std, cfg.separate
+        pd, std, sep = DTYPES[cfg.param_dtype], cfg.init_std, cfg.separate
         if sep.embeddings:
-            self.token_embed = _param(rngs, (vocab_size, cfg.hidden_size), ("vocab", "embed"), std, pd)
+            self.token_embed = param(rngs, (vocab_size, cfg.hidden_size), ("vocab", "embed"), std, pd)
         if sep.position_copies:
-            self.position_embed = _param(rngs, (cfg.max_positions, cfg.hidden_size), ("positions", "embed"), std, pd)
+            self.position_embed = param(rngs, (cfg.max_positions, cfg.hidden_size), ("positions", "embed"), std, pd)
         for i in range(sep.layers):
             setattr(self, f"layer_{i}", Block(cfg, rngs))
 
@@ -198,19 +198,19 @@ class Encoder(nnx.Module):
     (`lang_B`, an index into `model.languages`) picks which copy it goes through."""
 
     def __init__(self, cfg: ModelConfig, vocab_size: int, *, rngs: nnx.Rngs):
-        pd, std = _DTYPES[cfg.param_dtype], cfg.init_std
+        pd, std = DTYPES[cfg.param_dtype], cfg.init_std
         D = cfg.hidden_size
         sep = cfg.separate
         self.cfg = cfg
         self.vocab_size = vocab_size
         if not sep.embeddings:
-            self.token_embed = _param(rngs, (vocab_size, D), ("vocab", "embed"), std, pd)
+            self.token_embed = param(rngs, (vocab_size, D), ("vocab", "embed"), std, pd)
         if not sep.position_copies:
-            self.position_embed = _param(rngs, (cfg.max_positions, D), ("positions", "embed"), std, pd)
+            self.position_embed = param(rngs, (cfg.max_positions, D), ("positions", "embed"), std, pd)
         if cfg.type_vocab_size:
-            self.type_embed = _param(rngs, (cfg.type_vocab_size, D), ("types", "embed"), std, pd)
+            self.type_embed = param(rngs, (cfg.type_vocab_size, D), ("types", "embed"), std, pd)
         if cfg.num_languages:
-            self.language_embed = _param(rngs, (cfg.num_languages, D), ("languages", "embed"), std, pd)
+            self.language_embed = param(rngs, (cfg.num_languages, D), ("languages", "embed"), std, pd)
         self.embed_norm = LayerNorm(cfg, rngs)
         for i in range(sep.layers, cfg.num_layers):
             setattr(self, f"layer_{i}", Block(cfg, rngs))
@@ -263,7 +263,7 @@ class Encoder(nnx.Module):
     ):
         """Hidden states [B, T, D] (and, with return_hidden, every layer's output; layer 0 = embeddings)."""
         cfg = self.cfg
-        dt = _DTYPES[cfg.dtype]
+        dt = DTYPES[cfg.dtype]
         T = tokens_BxT.shape[1]
         if T > cfg.max_positions:
             raise ValueError(f"sequence length {T} exceeds model.max_positions {cfg.max_positions}")

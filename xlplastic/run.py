@@ -1,17 +1,9 @@
-"""One pretraining run, start to finish: data, mesh, state (fresh or resumed), the step loop, outputs.
-
-The loop is big_vision-style and reads top to bottom. Two rules keep it fast: metrics of step s are
-fetched only after step s+1 has been dispatched (no host sync in the hot path), and nothing in the loop
-changes shapes or shardings (one compilation). A checkpoint step is the one place the host waits: it
-checks that step's loss is finite first, so a NaN never reaches a checkpoint.
-"""
+"""One masked-LM run (pretraining, or language adaptation with `init`/`train.trainable`): its data,
+mesh, state and hooks; the step loop itself is loop.py's."""
 
 from __future__ import annotations
 
-import hashlib
-import json
 import math
-import signal
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,19 +15,16 @@ import numpy as np
 from xlplastic import checkpoint as ckpt_lib
 from xlplastic.config import Config, dump_config
 from xlplastic.data.pipeline import StepSampler, build_corpora
-from xlplastic.data.sources import iter_texts
-from xlplastic.data.tokenizers import load_tokenizer, special_tokens, train_tokenizer
-from xlplastic.data.vocabulary import FILENAME as VOCABULARY_FILE
+from xlplastic.data.run_tokenizer import prepare_tokenizer
+from xlplastic.data.tokenizers import special_tokens
 from xlplastic.errors import UserError
+from xlplastic.loop import Checkpoints, Hook, RowLogger, every, restore_or_init, train_loop
 from xlplastic.metrics import MetricsLog, Progress
 from xlplastic.model import num_params
-from xlplastic.calls import metric_rows, put_batches, run_call, windows
+from xlplastic.record import check_rerun, write_config
+from xlplastic.runtime import StopRequest, barrier, check_run_dir, is_main, log, sha, write_json
 from xlplastic.sharding import check_batch, describe, make_mesh, put_global_batch
 from xlplastic.train import Specials, build_trainer, mlm_objective
-
-
-class TrainingDiverged(UserError):
-    """The loss became NaN/inf; the run stopped and kept its last good checkpoint."""
 
 
 @dataclass
@@ -44,85 +33,6 @@ class RunResult:
     final_step: int
     results: dict[str, Any]
     interrupted: bool = False
-
-
-def is_main() -> bool:
-    return jax.process_index() == 0
-
-
-def barrier(name: str) -> None:
-    if jax.process_count() > 1:
-        from jax.experimental import multihost_utils
-
-        multihost_utils.sync_global_devices(name)
-
-
-def log(msg: str) -> None:
-    if is_main():
-        print(msg, flush=True)
-
-
-def prepare_tokenizer(cfg: Config, run_dir: Path):
-    """Loads `data.tokenizer.path`, else the run's own tokenizer.json / vocabulary.json, else trains it
-    (process 0 writes): one tokenizer, or with `per_language` / `anchors: none` a multilingual layout."""
-    tcfg = cfg.data.tokenizer
-    multi = tcfg.per_language or tcfg.anchors == "none"
-    own = run_dir / (VOCABULARY_FILE if multi else "tokenizer.json")
-    if tcfg.path:
-        path = Path(tcfg.path)
-        if not path.is_absolute() and cfg.data.data_dir and not path.exists():
-            path = Path(cfg.data.data_dir) / path
-        tok = load_tokenizer(path)
-        if is_main() and not multi and hasattr(tok, "save") and not own.exists():  # the run folder is a record
-            tmp = own.with_suffix(".tmp")
-            tok.save(str(tmp))
-            tmp.replace(own)
-        return tok
-    # The settings it was trained with, so a rerun that asks for another tokenizer fails instead of
-    # silently resuming with the old one (written before tokenizer.json: that file's presence implies it).
-    settings_path = run_dir / "tokenizer.settings.json"
-    settings = {k: v for k, v in tcfg.model_dump(mode="json").items() if k != "path"}
-    if is_main() and not own.exists():
-        _write_json(settings_path, settings)
-        if multi:
-            _train_vocabulary(cfg, run_dir)
-        else:
-            texts = (t for c in cfg.data.corpora for t in iter_texts(c, cfg.data.data_dir))
-            tok = train_tokenizer(texts, tcfg)
-            tmp = own.with_suffix(".tmp")
-            tok.save(str(tmp))
-            tmp.replace(own)
-    barrier("tokenizer")  # every process, always: whether the file exists yet depends on timing
-    if settings_path.is_file():
-        found = json.loads(settings_path.read_text(encoding="utf-8"))
-        for k, v in settings.items():
-            if k in found and found[k] != v:
-                raise UserError(
-                    f"{own}: this run's tokenizer was trained with data.tokenizer.{k}={found[k]!r} but the config asks "
-                    f"for {v!r}; expected the same tokenizer settings to resume this run (or a new --run-dir)"
-                )
-    return load_tokenizer(own)
-
-
-def _train_vocabulary(cfg: Config, run_dir: Path) -> None:
-    """Per-language tokenizers (each on its own language's corpora) or one joint tokenizer, laid out
-    as `data.tokenizer.anchors` says, saved as vocabulary.json + tokenizer.<lang>.json."""
-    from xlplastic.data.tokenizers import _round_robin
-    from xlplastic.data.vocabulary import Vocabulary
-
-    tcfg, dd = cfg.data.tokenizer, cfg.data.data_dir
-    langs = cfg.languages()
-    bare = [l for l in langs if not any(c.language == l for c in cfg.data.corpora)]
-    if bare and tcfg.per_language:
-        raise UserError(f"data.tokenizer.per_language: no corpus for language(s) {', '.join(bare)}; "
-                        "expected a data.corpora entry for each of the model's languages")
-    if tcfg.per_language:
-        toks = {l: train_tokenizer(_round_robin([iter_texts(c, dd) for c in cfg.data.corpora if c.language == l]), tcfg)
-                for l in langs}
-    else:
-        joint = train_tokenizer(_round_robin([iter_texts(c, dd) for c in cfg.data.corpora]), tcfg)
-        toks = {l: joint for l in langs}
-    Vocabulary.build(toks, tcfg.anchors).save(run_dir)
 
 
 def language_token_ids(langs, lang_ids: np.ndarray, num_languages: int, specials: Specials, chunk: int = 4096) -> list[np.ndarray]:
@@ -141,24 +51,6 @@ def language_token_ids(langs, lang_ids: np.ndarray, num_languages: int, specials
     return out
 
 
-def _sha(text: str) -> str:
-    return hashlib.sha256(text.encode()).hexdigest()
-
-
-def _finite_or_raise(row: dict, last_ckpt: int | None) -> None:
-    # The loss of step s is computed with the parameters *before* update s, while a checkpoint at s holds
-    # them *after* it: a finite loss alone can let NaN parameters into a checkpoint, so the gradient and
-    # the updated parameters' norms are checked too.
-    bad = [k for k in ("loss", "grad_norm", "param_norm") if k in row and not math.isfinite(row[k])]
-    if bad:
-        kept = f"the last good checkpoint is step {last_ckpt}" if last_ckpt is not None else "no checkpoint was written"
-        what = ", ".join(f"{k.replace('_', ' ')} is {row[k]}" for k in bad)
-        raise TrainingDiverged(
-            f"training diverged: {what} at step {row['step']}; stopped, {kept} "
-            "(expected finite values: lower train.optimizer.lr or set train.optimizer.clip_norm)"
-        )
-
-
 def run(
     cfg: Config,
     run_dir: str | Path,
@@ -166,14 +58,16 @@ def run(
     max_steps: int | None = None,
     stop_at: int | None = None,
     devices: list | None = None,
+    allow_change: tuple[str, ...] = (),
 ) -> RunResult:
     """Trains `cfg.train.steps` steps in `run_dir` (resuming if it holds a checkpoint).
 
     `stop_at` ends the loop early after that step (with a checkpoint), as a preemption would; `devices`
     restricts the mesh to some of the devices (tests compare 1 and 8 devices in one process).
     """
-    run_dir = Path(run_dir).resolve()
-    run_dir.mkdir(parents=True, exist_ok=True)
+    run_dir = check_run_dir(run_dir)
+    config_text = dump_config(cfg)
+    changed = check_rerun(run_dir, config_text, allow_change)
     t_start = time.perf_counter()
     print(  # every process, so a multi-process launch shows that each one joined
         f"xlplastic: process {jax.process_index()}/{jax.process_count()}, "
@@ -218,74 +112,36 @@ def run(
 
     # ---- state: resume or fresh
     ckpt = ckpt_lib.Checkpointer(run_dir / "checkpoints", keep=cfg.checkpoint.keep, async_save=cfg.checkpoint.async_save)
-    meta = ckpt_lib.make_meta(
-        vocab_size, cfg.model.model_dump(), _sha(tokenizer.to_str()), {"seed": tcfg.seed, "batch_size": tcfg.batch_size}
-    )
-    start = ckpt.latest_step() if cfg.checkpoint.resume else None
-    if start is not None:
-        abstract = ckpt_lib.abstract_like(jax.eval_shape(trainer.init), trainer.state_shardings)
-        state = ckpt.restore(start, abstract, meta)
-        log(f"resumed from {ckpt.directory / str(start)} (step {start})")
-    else:
-        state = trainer.init()
-        start = 0
-        icfg = cfg.init
-        if icfg.from_run or icfg.groups_from or icfg.reinit or icfg.map_embeddings:
-            from xlplastic.assemble import compose_params
+    tok_sha = sha(tokenizer.to_str())
+    meta = ckpt_lib.make_meta(vocab_size, cfg.model.model_dump(), tok_sha, {"seed": tcfg.seed, "batch_size": tcfg.batch_size})
 
-            state["params"] = compose_params(icfg, state["params"], trainer,
-                                             seed=tcfg.seed, pad_id=specials.pad, tokenizer_sha=_sha(tokenizer.to_str()),
-                                             tokenizer=tokenizer, data_dir=cfg.data.data_dir, log=log)
+    def fresh(params):
+        icfg = cfg.init
+        if not (icfg.from_run or icfg.groups_from or icfg.reinit or icfg.map_embeddings):
+            return params
+        from xlplastic.assemble import compose_params
+
+        return compose_params(icfg, params, trainer, seed=tcfg.seed, pad_id=specials.pad, tokenizer_sha=tok_sha,
+                              tokenizer=tokenizer, data_dir=cfg.data.data_dir, log=log)
+
+    state, start, restored = restore_or_init(ckpt, trainer, meta, resume=cfg.checkpoint.resume, fresh_params=fresh)
     if is_main():  # only once the run is known to fit this folder: a refused resume keeps the old config.yaml
-        (run_dir / "config.yaml").write_text(dump_config(cfg), encoding="utf-8")
+        write_config(run_dir, config_text, changed, start)
     n_params = num_params(state["params"])
     log(f"model: {n_params / 1e6:.2f}M parameters, vocabulary {vocab_size}, sequence {cfg.data.seq_len}")
 
+    # ---- hooks
     total = tcfg.steps if max_steps is None else min(tcfg.steps, max_steps)
     metrics_log = MetricsLog(run_dir, start, enabled=is_main())
     progress = Progress(total, start, enabled=tcfg.progress and is_main())
     tokens_per_step = tcfg.batch_size * cfg.data.seq_len
+    rows = RowLogger(metrics_log, progress, tcfg.log_every, total, tokens_per_step)
     eval_batches = [
         put_global_batch(b, mesh, b["tokens"].shape[0] * jax.process_count()) for b in _eval_sets(sampler, cfg)
     ]
-
-    stop = {"signal": None}
-
-    def on_signal(signum, _frame):
-        stop["signal"] = signum
-
-    # One process: SIGTERM/SIGINT set a flag read after each step. Several processes must stop at the
-    # same step or their collective save deadlocks, so SIGTERM is left to JAX's preemption notifier, which
-    # tells every process and agrees on a step (`reached_preemption_sync_point`).
-    multi = jax.process_count() > 1
-    caught = (signal.SIGINT,) if multi else (signal.SIGTERM, signal.SIGINT)
-    old_handlers = {s: signal.signal(s, on_signal) for s in caught}
-    last_ckpt = start if start else None
-    pending: tuple[int, int, dict] | None = None  # (first step, steps, device metrics) of the last call
-    t_prev = time.perf_counter()
-    step_times: list[float] = []
     eval_rows: list[dict] = []
 
-    def flush() -> None:
-        """Fetches the pending call's metrics (by now computed) and logs one row per step."""
-        nonlocal pending, t_prev
-        if pending is None:
-            return
-        first, n, dev_metrics = pending
-        pending = None
-        host = jax.device_get(dev_metrics)
-        now = time.perf_counter()
-        dt, t_prev = (now - t_prev) / n, now
-        for row in metric_rows(first, n, host):
-            s = row["step"]
-            step_times.append(dt)
-            row.update(step_time_s=dt, tokens_per_s=tokens_per_step / dt if dt > 0 else 0.0)
-            _finite_or_raise(row, last_ckpt)
-            if s % tcfg.log_every == 0 or s == total:
-                metrics_log.write(row)
-            progress.update(s, {"loss": row["loss"], "tok/s": row["tokens_per_s"]})
-
-    def evaluate(s: int) -> dict:
+    def evaluate(s: int, state: dict) -> None:
         sums = [trainer.eval_step(state["params"], b) for b in eval_batches]
         host = jax.device_get(sums)
         n = sum(float(h["predictions"]) for h in host)
@@ -294,93 +150,54 @@ def run(
                "eval_perplexity": math.exp(min(loss, 50.0))}
         metrics_log.write(row)
         eval_rows.append(row)
-        return row
 
-    def save(s: int) -> None:
-        nonlocal last_ckpt
-        ckpt.save(s, state, meta)
-        last_ckpt = s
+    def run_probe(s: int, state: dict) -> None:
+        probe_row = probe.dispatch(state["params"], s)  # reads the previous probe, starts this one
+        if probe_row:
+            metrics_log.write(probe_row)
 
-    interrupted = False
-    final_step = start
+    hooks = [Hook("evaluate", every(tcfg.eval_every, but=total), evaluate)]
+    if probe is not None:
+        hooks.append(Hook("probe", probe.due, run_probe))
+    checkpoints = Checkpoints(ckpt, meta, every(cfg.checkpoint.every), last=start if restored else None)
+
+    def batch_of(t: int) -> dict[str, np.ndarray]:
+        return _batch_arrays(sampler.batch(t - 1, jax.process_index(), jax.process_count()), cfg, lang_ids)
+
     try:
-        with jax.transfer_guard("disallow"):  # any implicit host<->device copy in the loop is a bug
-            every, eval_every = cfg.checkpoint.every, tcfg.eval_every
-
-            def needs_host(s: int) -> bool:  # a step after which the loop acts: a call must end there
-                return bool((eval_every and s % eval_every == 0) or (every and s % every == 0)
-                            or (probe is not None and probe.due(s)) or s == stop_at)
-
-            for first, s in windows(start, total, tcfg.steps_per_call, needs_host):
-                n = s - first + 1
-                local = [_batch_arrays(sampler.batch(t - 1, jax.process_index(), jax.process_count()), cfg, lang_ids)
-                         for t in range(first, s + 1)]
-                # An explicit host->device copy; with several processes JAX routes it through a path the
-                # "disallow" guard would reject, so it is allowed here and only here.
-                with jax.transfer_guard_host_to_device("allow"):
-                    batch = put_batches(local, mesh, tcfg.batch_size)
-                state, dev_metrics = run_call(trainer, state, batch, n)
-                flush()  # the previous call's metrics, read while this one runs
-                pending = (first, n, dev_metrics)
-                final_step = s
-                if multi and _preempted(s):
-                    stop["signal"] = signal.SIGTERM
-                want_eval = eval_every and s % eval_every == 0 and s != total
-                want_ckpt = (every and s % every == 0) or stop["signal"] is not None or s == stop_at
-                if want_eval or want_ckpt:
-                    flush()
-                if want_eval:
-                    evaluate(s)
-                if probe is not None and probe.due(s):
-                    probe_row = probe.dispatch(state["params"], s)  # reads the previous probe, starts this one
-                    if probe_row:
-                        metrics_log.write(probe_row)
-                if want_ckpt and (s != total or stop["signal"] is not None):
-                    save(s)
-                if stop["signal"] is not None or s == stop_at:
-                    interrupted = True
-                    break
-            flush()
+        with StopRequest() as stop:
+            end = train_loop(trainer, state, start=start, total=total, steps_per_call=tcfg.steps_per_call,
+                             batch_of=batch_of, global_batch=tcfg.batch_size, hooks=hooks,
+                             checkpoints=checkpoints, rows=rows, stop=stop, stop_at=stop_at)
+        state = end.state
         if probe is not None and (probe_row := probe.collect()):
             metrics_log.write(probe_row)
-        if not interrupted:
-            if final_step != last_ckpt:
-                save(final_step)
-            evaluate(final_step)
+        if not end.interrupted:
+            checkpoints.save(end.step, state)
+            evaluate(end.step, state)
     finally:
         progress.close()
         ckpt.close()  # waits for async saves: a completed checkpoint stays valid even on error
         metrics_log.close()
-        for s_, h in old_handlers.items():
-            signal.signal(s_, h)
 
-    if interrupted:
-        why = f"signal {stop['signal']}" if stop["signal"] is not None else f"stop_at={stop_at}"
-        log(f"stopped at step {final_step} ({why}); checkpoint saved, rerun the same command to resume")
-        return RunResult(run_dir, final_step, {"signal": stop["signal"]}, interrupted=True)
+    if end.interrupted:
+        why = f"signal {end.signal}" if end.signal is not None else f"stop_at={stop_at}"
+        log(f"stopped at step {end.step} ({why}); checkpoint saved, rerun the same command to resume")
+        return RunResult(run_dir, end.step, {"signal": end.signal}, interrupted=True)
 
-    results = _results(cfg, metrics_log.rows, eval_rows, step_times, n_params, tokens_per_step, time.perf_counter() - t_start, lang_names)
+    results = _results(cfg, metrics_log.rows, eval_rows, rows.step_times, n_params, tokens_per_step,
+                       time.perf_counter() - t_start, lang_names)
     if is_main():
-        _write_json(run_dir / "results.json", results)
+        write_json(run_dir / "results.json", results)
         from xlplastic.report import write_report
 
         write_report(run_dir, cfg, results, metrics_log.rows)
     # (no loss when resuming a finished run whose metrics.jsonl is gone, or on a process other than 0 that
     # read the file while process 0 rewrote it: formatting None must not crash a finished run)
     fmt = lambda x: "n/a" if x is None else f"{x:.4f}"  # noqa: E731
-    log(f"done: step {final_step}, loss {fmt(results['final']['loss'])}, eval loss {fmt(results['final']['eval_loss'])}; "
+    log(f"done: step {end.step}, loss {fmt(results['final']['loss'])}, eval loss {fmt(results['final']['eval_loss'])}; "
         f"results in {run_dir / 'results.json'}, report in {run_dir / 'report.md'}")
-    return RunResult(run_dir, final_step, results)
-
-
-def _preempted(step: int) -> bool:
-    """True on every process at the same step once any of them got SIGTERM (multi-process runs)."""
-    from jax.experimental import multihost_utils
-
-    try:
-        return multihost_utils.reached_preemption_sync_point(step)
-    except RuntimeError:  # preemption service disabled (jax_enable_preemption_service=False)
-        return False
+    return RunResult(run_dir, end.step, results)
 
 
 def _batch_arrays(local: dict[str, np.ndarray], cfg: Config, lang_ids: np.ndarray) -> dict[str, np.ndarray]:
@@ -426,9 +243,3 @@ def _results(cfg, rows, eval_rows, step_times, n_params, tokens_per_step, wall, 
         if final[k] is not None
     ]
     return {"name": cfg.name, "final": final, "summary": summary, "losses": [r["loss"] for r in train_rows]}
-
-
-def _write_json(path: Path, obj: Any) -> None:
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(obj, indent=2), encoding="utf-8")
-    tmp.replace(path)

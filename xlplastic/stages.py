@@ -10,6 +10,8 @@ Each stage is a normal run in its own folder: complete (results.json present) me
 interrupted one resumes from its checkpoints when the experiment is run again. Every stage config is
 the experiment config with the model's and the stage's partial configs merged on top, written to the
 stage folder, so any stage can be rerun alone with `xlplastic run <stage>/config.yaml --run-dir <stage>`.
+Before anything is written, every stage config of the whole sweep is built and checked (check_pipeline,
+with the same functions that build them for the run), so a bad stage partial stops the experiment at once.
 Folders are named `<model>-s<seed>` and `<target>-<budget>`.
 """
 
@@ -21,10 +23,11 @@ from pathlib import Path
 from typing import Any
 
 from xlplastic.assemble import run_tokenizer_path
-from xlplastic.config import Config, _deep_merge, dump_config, validate
+from xlplastic.config import Config, dump_config, validate_partials
 from xlplastic.errors import UserError
 from xlplastic.forgetting import reset_steps
-from xlplastic.run import RunResult, _write_json, barrier, is_main, log
+from xlplastic.run import RunResult
+from xlplastic.runtime import barrier, is_main, log, write_json
 
 _DRAW_STRIDE = 1000  # seed of new-embedding draw k of pretraining seed s: s + 1000 k
 STAGES = ("pretrain", "analyze", "task_adapt", "oracle", "language_adapt", "evaluate")
@@ -36,20 +39,22 @@ def materialize_lab(cfg: Config, run_dir: Path) -> Config:
         return cfg
     from xlplastic.data.lab import write_lab
 
-    lab_dir = run_dir / "lab"
     if is_main():
-        write_lab(cfg.lab, lab_dir)
+        write_lab(cfg.lab, run_dir / "lab")
     barrier("lab")
-    if cfg.data.data_dir is None:
-        cfg = cfg.model_copy(update={"data": cfg.data.model_copy(update={"data_dir": str(lab_dir)})})
-    return cfg
+    return _with_lab_dir(cfg, run_dir)
 
 
-def _stage_config(base: dict, *partials: dict[str, Any], source: str) -> Config:
-    raw = base
-    for p in partials:
-        raw = _deep_merge(raw, p)
-    return validate(raw, source=source)
+def _with_lab_dir(cfg: Config, run_dir: Path) -> Config:
+    """The config as materialize_lab leaves it (data.data_dir, if null, pointing at run_dir/lab), writing nothing."""
+    if cfg.lab is None or cfg.data.data_dir is not None:
+        return cfg
+    return cfg.model_copy(update={"data": cfg.data.model_copy(update={"data_dir": str(run_dir / "lab")})})
+
+
+def _stage_config(base: dict, *partials: dict[str, Any] | tuple[str, dict[str, Any]], source: str) -> Config:
+    """`base` with the partials merged on (a (label, partial) pair is named in errors by its label)."""
+    return validate_partials(base, *partials, source=source)
 
 
 def _with_tests(base: dict, tests: dict[str, str]) -> dict:
@@ -62,15 +67,21 @@ def _done(d: Path) -> dict | None:
     return json.loads(f.read_text(encoding="utf-8")) if f.is_file() else None
 
 
+def _target_tokenizer_path(cfg: Config, target, run_dir: Path) -> Path:
+    """Where the target language's tokenizer is (or will be, once _target_tokenizer has trained it)."""
+    tcfg = target.tokenizer or cfg.data.tokenizer
+    return Path(tcfg.path) if tcfg.path else run_dir / "tokenizers" / target.language / "tokenizer.json"
+
+
 def _target_tokenizer(cfg: Config, target, run_dir: Path) -> Path:
     """One tokenizer per target language, trained on its whole corpus (the budget caps only the MLM data)."""
     from xlplastic.data.sources import iter_texts
     from xlplastic.data.tokenizers import train_tokenizer
 
     tcfg = target.tokenizer or cfg.data.tokenizer
+    out = _target_tokenizer_path(cfg, target, run_dir)
     if tcfg.path:
-        return Path(tcfg.path)
-    out = run_dir / "tokenizers" / target.language / "tokenizer.json"
+        return out
     if is_main() and not out.is_file():
         out.parent.mkdir(parents=True, exist_ok=True)
         corpus = target.corpus.model_copy(update={"max_tokens": None})
@@ -82,41 +93,171 @@ def _target_tokenizer(cfg: Config, target, run_dir: Path) -> Path:
     return out
 
 
+_OFF = {"forgetting": {"every": 0}}
+_MLM = {"task": None}  # MLM stages: their config.yaml reruns as MLM training with `xlplastic run`
+
+
+class _Sweep:
+    """Every stage's folder and config, as pure functions of the experiment config (nothing is read or
+    written): run_pipeline builds each stage's config here just before running it, and check_pipeline
+    builds all of them up front. Partials the user wrote are merged as (label, partial), so an error in
+    one names its key as written (`pipeline.language_adapt.train.stpes`)."""
+
+    def __init__(self, cfg: Config, run_dir: Path, task_trainable: list[str]):
+        self.cfg, self.pcfg, self.run_dir, self.task_trainable = cfg, cfg.pipeline, run_dir, list(task_trainable)
+        self.base = cfg.model_dump(mode="json")
+        for k in ("pipeline", "lab"):
+            self.base.pop(k)
+        targets = {t.language for t in self.pcfg.targets}
+        self.source_tests = {l: p for l, p in cfg.task.test.items() if l not in targets}
+        missing = sorted(targets - set(cfg.task.test))
+        if missing:
+            raise UserError(f"task.test has no test set for target language(s) {', '.join(missing)}; expected one per target")
+        self.dictionaries = {t.language: list(t.dictionary) for t in self.pcfg.targets}
+        if "oracle" in self.pcfg.embeddings:
+            from xlplastic.data.lab import gold_dictionaries
+
+            for t in self.pcfg.targets:
+                if not self.dictionaries[t.language] and cfg.lab is not None:
+                    self.dictionaries[t.language] = gold_dictionaries(cfg.lab, t.language)
+                if not self.dictionaries[t.language]:
+                    raise UserError(f"pipeline.embeddings has `oracle` but target {t.language} has no dictionary; "
+                                    "expected pipeline.targets[].dictionary (MUSE files) or a lab language as the target")
+
+    # folders
+    @staticmethod
+    def tag(m: str, seed: int) -> str:
+        return f"{m}-s{seed}"
+
+    def sub(self, target, budget: int, draw: int) -> str:
+        return f"{target.language}-{budget}" + (f"-d{draw}" if self.pcfg.draws > 1 else "")
+
+    def pretrain_dir(self, m: str, seed: int) -> Path:
+        p = self.pcfg.pretrained
+        return Path(p[m]).resolve() if m in p else self.run_dir / "pretrain" / self.tag(m, seed)
+
+    def task_dir(self, m: str, seed: int) -> Path:
+        return self.run_dir / "task_adapt" / self.tag(m, seed)
+
+    def oracle_dir(self, m: str, seed: int, target) -> Path:
+        return self.run_dir / "oracle" / self.tag(m, seed) / target.language
+
+    def adapt_dir(self, m: str, seed: int, target, budget: int, draw: int) -> Path:
+        return self.run_dir / "language_adapt" / self.tag(m, seed) / self.sub(target, budget, draw)
+
+    def evaluate_dir(self, m: str, seed: int, target, budget: int, draw: int) -> Path:
+        return self.run_dir / "evaluate" / self.tag(m, seed) / self.sub(target, budget, draw)
+
+    def tokenizer(self, target) -> str:
+        return str(_target_tokenizer_path(self.cfg, target, self.run_dir))
+
+    # stage configs
+    def _parts(self, m: str, seed: int):
+        """A model variant is a way of PRETRAINING: its whole partial config applies there; later stages take
+        only its architecture (`model:`), so every variant is adapted and evaluated identically."""
+        m_pre = self.pcfg.models[m]
+        m_over = (f"pipeline.models.{m}", {k: v for k, v in m_pre.items() if k == "model"})
+        return (f"pipeline.models.{m}", m_pre), m_over, {"name": m, "train": {"seed": seed}}
+
+    def pretrain(self, m: str, seed: int) -> Config:
+        m_pre, _, common = self._parts(m, seed)
+        return _stage_config(self.base, ("pipeline.pretrain", self.pcfg.pretrain), m_pre, common, _MLM,
+                             source=f"pipeline pretrain {self.tag(m, seed)}")
+
+    def task_adapt(self, m: str, seed: int) -> Config:
+        _, m_over, common = self._parts(m, seed)
+        p_dir = self.pretrain_dir(m, seed)
+        task_over = {"init": {"from_run": str(p_dir)}, "data": {"tokenizer": {"path": str(run_tokenizer_path(p_dir))}},
+                     "train": {"trainable": self.task_trainable}}
+        return _stage_config(_with_tests(self.base, self.source_tests), m_over, _OFF, task_over,
+                             ("pipeline.task_adapt", self.pcfg.task_adapt), common,
+                             source=f"pipeline task_adapt {self.tag(m, seed)}")
+
+    def oracle(self, m: str, seed: int, target) -> Config:
+        _, m_over, common = self._parts(m, seed)
+        oracle_over = {"task": {"dev": None}, "train": {"steps": 0}, "data": {"tokenizer": {"path": self.tokenizer(target)}},
+                       "init": {"from_run": str(self.task_dir(m, seed)),
+                                "map_embeddings": {"dictionaries": self.dictionaries[target.language]}}}
+        return _stage_config(_with_tests(self.base, self._test(target)), m_over, _OFF,
+                             ("pipeline.task_adapt", self.pcfg.task_adapt), oracle_over, common,
+                             source=f"pipeline oracle {self.tag(m, seed)}/{target.language}")
+
+    def language_adapt(self, m: str, seed: int, target, budget: int, draw: int) -> Config:
+        _, m_over, common = self._parts(m, seed)
+        corpus = target.corpus.model_dump(mode="json") | {"max_tokens": budget}
+        # draw k > 0 re-draws the embeddings and orders the adaptation data with its own seed
+        lang_over = {"data": {"corpora": [corpus], "tokenizer": {"path": self.tokenizer(target)}},
+                     "init": {"from_run": str(self.pretrain_dir(m, seed)), "reinit": ["token_embedding"]},
+                     "train": {"trainable": ["token_embedding"], "seed": seed + _DRAW_STRIDE * draw}}
+        return _stage_config(self.base, m_over, _OFF, common, lang_over, ("pipeline.language_adapt", self.pcfg.language_adapt),
+                             _MLM, source=f"pipeline language_adapt {self.tag(m, seed)}/{self.sub(target, budget, draw)}")
+
+    def evaluate(self, m: str, seed: int, target, budget: int, draw: int) -> Config:
+        _, m_over, common = self._parts(m, seed)
+        eval_over = {"task": {"dev": None}, "train": {"steps": 0}, "data": {"tokenizer": {"path": self.tokenizer(target)}},
+                     "init": {"from_run": str(self.task_dir(m, seed)),
+                              "groups_from": {"token_embedding": str(self.adapt_dir(m, seed, target, budget, draw))}}}
+        return _stage_config(_with_tests(self.base, self._test(target)), m_over, _OFF,
+                             ("pipeline.task_adapt", self.pcfg.task_adapt), eval_over, common,
+                             source=f"pipeline evaluate {self.tag(m, seed)}/{self.sub(target, budget, draw)}")
+
+    def _test(self, target) -> dict[str, str]:
+        return {target.language: self.cfg.task.test[target.language]}
+
+    def every_stage(self):
+        """(stage, build its config) for every stage of the sweep, in run order (analysis stages aside)."""
+        p = self.pcfg
+        for seed in p.seeds:
+            for m in p.models:
+                yield "pretrain", lambda m=m, seed=seed: self.pretrain(m, seed)
+                yield "task_adapt", lambda m=m, seed=seed: self.task_adapt(m, seed)
+                for t in p.targets:
+                    if "oracle" in p.embeddings:
+                        yield "oracle", lambda m=m, seed=seed, t=t: self.oracle(m, seed, t)
+                    if "adapted" not in p.embeddings:
+                        continue
+                    for b in p.budgets:
+                        for k in range(p.draws):
+                            yield "language_adapt", lambda m=m, seed=seed, t=t, b=b, k=k: self.language_adapt(m, seed, t, b, k)
+                            yield "evaluate", lambda m=m, seed=seed, t=t, b=b, k=k: self.evaluate(m, seed, t, b, k)
+
+
+def check_pipeline(cfg: Config, run_dir: str | Path) -> int:
+    """Builds and validates the config of EVERY stage of the sweep (models x seeds x targets x budgets x
+    draws) and the lab settings, reading and writing nothing: a mistake in any stage's partial config
+    stops the experiment before its first stage, with one line naming the key. Returns the stage count."""
+    from xlplastic.finetune import TASK_TRAINABLE
+
+    if cfg.pipeline is None:
+        raise UserError("this config has no `pipeline:` section; expected the relearning pipeline's stages")
+    if cfg.task is None:
+        raise UserError("the pipeline needs a `task:` section (the source-language task to adapt and evaluate)")
+    if cfg.lab is not None:
+        from xlplastic.data.lab import check_lab_config
+
+        check_lab_config(cfg.lab)
+    run_dir = Path(run_dir).resolve()
+    sweep = _Sweep(_with_lab_dir(cfg, run_dir), run_dir, TASK_TRAINABLE)
+    n = 0
+    for _, build in sweep.every_stage():
+        build()
+        n += 1
+    return n
+
+
 def run_pipeline(cfg: Config, run_dir: str | Path, *, only: list[str] | None = None) -> RunResult:
     """Runs every stage of the sweep in order (skipping complete ones); returns the merged results."""
     from xlplastic.finetune import TASK_TRAINABLE, run_task
     from xlplastic.run import run
 
     pcfg = cfg.pipeline
-    if pcfg is None:
-        raise UserError("this config has no `pipeline:` section; expected the relearning pipeline's stages")
-    if cfg.task is None:
-        raise UserError("the pipeline needs a `task:` section (the source-language task to adapt and evaluate)")
     run_dir = Path(run_dir).resolve()
+    check_pipeline(cfg, run_dir)  # every stage's config, before anything is written or run
     run_dir.mkdir(parents=True, exist_ok=True)
     cfg = materialize_lab(cfg, run_dir)
     if is_main():
         (run_dir / "config.yaml").write_text(dump_config(cfg), encoding="utf-8")
-    base = cfg.model_dump(mode="json")
-    for k in ("pipeline", "lab"):
-        base.pop(k)
-    targets = {t.language for t in pcfg.targets}
-    source_tests = {l: p for l, p in cfg.task.test.items() if l not in targets}
-    missing = sorted(targets - set(cfg.task.test))
-    if missing:
-        raise UserError(f"task.test has no test set for target language(s) {', '.join(missing)}; expected one per target")
-    dictionaries = {t.language: list(t.dictionary) for t in pcfg.targets}
-    if "oracle" in pcfg.embeddings:
-        from xlplastic.data.lab import gold_dictionaries
-
-        for t in pcfg.targets:
-            if not dictionaries[t.language] and cfg.lab is not None:
-                dictionaries[t.language] = gold_dictionaries(cfg.lab, t.language)
-            if not dictionaries[t.language]:
-                raise UserError(f"pipeline.embeddings has `oracle` but target {t.language} has no dictionary; expected "
-                                "pipeline.targets[].dictionary (MUSE files) or a lab language as the target")
-    off = {"forgetting": {"every": 0}}
-    mlm = {"task": None}  # MLM stages: their config.yaml reruns as MLM training with `xlplastic run`
+    sweep = _Sweep(cfg, run_dir, TASK_TRAINABLE)
     rows: list[dict] = []
     curves: dict[str, dict] = {"pretrain": {}, "language_adapt": {}, "reset_steps": {}}
 
@@ -137,41 +278,24 @@ def run_pipeline(cfg: Config, run_dir: str | Path, *, only: list[str] | None = N
             rows.append({**r, **tags, "stage": name})
         return found
 
-    def adapt(m, m_over, tag, seed, draw, target, budget, tok, test, p_dir, t_dir, common):
+    def adapt(m, seed, draw, target, budget):
         """Language adaptation (new embeddings, draw `draw`) and the zero-shot evaluation of its assembly."""
-        sub = f"{target.language}-{budget}" + (f"-d{draw}" if pcfg.draws > 1 else "")
-        l_dir = run_dir / "language_adapt" / tag / sub
-        corpus = target.corpus.model_dump(mode="json") | {"max_tokens": budget}
-        # draw k > 0 re-draws the embeddings and orders the adaptation data with its own seed
-        lang_over = {"data": {"corpora": [corpus], "tokenizer": {"path": tok}},
-                     "init": {"from_run": str(p_dir), "reinit": ["token_embedding"]},
-                     "train": {"trainable": ["token_embedding"], "seed": seed + _DRAW_STRIDE * draw}}
+        l_dir = sweep.adapt_dir(m, seed, target, budget, draw)
         tags = {"model": m, "seed": seed, "budget": budget} | ({"draw": draw} if pcfg.draws > 1 else {})
-        stage("language_adapt", l_dir,
-              lambda: _stage_config(base, m_over, off, common, lang_over, pcfg.language_adapt, mlm,
-                                    source=f"language_adapt {tag}/{sub}"),
+        stage("language_adapt", l_dir, lambda: sweep.language_adapt(m, seed, target, budget, draw),
               lambda c, d: run(c, d), tags)
         key = f"{m}/s{seed}" + (f"d{draw}" if pcfg.draws > 1 else "")
         curves["language_adapt"][f"{key}/{target.language}/{budget}"] = _metric_rows(l_dir)
-        e_dir = run_dir / "evaluate" / tag / sub
-        eval_over = {"task": {"dev": None}, "train": {"steps": 0},
-                     "data": {"tokenizer": {"path": tok}},
-                     "init": {"from_run": str(t_dir), "groups_from": {"token_embedding": str(l_dir)}}}
-        stage("evaluate", e_dir,
-              lambda: _stage_config(_with_tests(base, test), m_over, off, pcfg.task_adapt, eval_over, common,
-                                    source=f"evaluate {tag}/{sub}"),
+        stage("evaluate", sweep.evaluate_dir(m, seed, target, budget, draw),
+              lambda: sweep.evaluate(m, seed, target, budget, draw),
               lambda c, d: run_task(c, d, stage="evaluate"), tags)
 
     try:
         for seed in pcfg.seeds:
-            for m, m_pre in pcfg.models.items():
-                # A model variant is a way of PRETRAINING: its whole partial config applies there; later stages
-                # take only its architecture (`model:`), so every variant is adapted and evaluated identically.
-                m_over = {k: v for k, v in m_pre.items() if k == "model"}
-                tag = f"{m}-s{seed}"
-                common = {"name": m, "train": {"seed": seed}}
-                p_dir = Path(pcfg.pretrained[m]).resolve() if m in pcfg.pretrained else run_dir / "pretrain" / tag
-                pre_cfg = _stage_config(base, pcfg.pretrain, m_pre, common, mlm, source=f"pipeline pretrain {tag}")
+            for m in pcfg.models:
+                tag = sweep.tag(m, seed)
+                p_dir = sweep.pretrain_dir(m, seed)
+                pre_cfg = sweep.pretrain(m, seed)
                 if m not in pcfg.pretrained:
                     stage("pretrain", p_dir, lambda: pre_cfg, lambda c, d: run(c, d), {"model": m, "seed": seed})
                 curves["pretrain"][f"{m}/s{seed}"] = _metric_rows(p_dir)
@@ -179,38 +303,25 @@ def run_pipeline(cfg: Config, run_dir: str | Path, *, only: list[str] | None = N
                     stage("analyze", run_dir / "analyze" / tag, lambda: None,
                           lambda c, d, p_dir=p_dir, m=m: _analyze_stage(p_dir, m, cfg, d), {"model": m, "seed": seed})
                 curves["reset_steps"][f"{m}/s{seed}"] = reset_steps(pre_cfg.forgetting, pre_cfg.train.steps)
-                p_tok = str(run_tokenizer_path(p_dir))
-                t_dir = run_dir / "task_adapt" / tag
-                task_over = {"init": {"from_run": str(p_dir)},
-                             "data": {"tokenizer": {"path": p_tok}}, "train": {"trainable": TASK_TRAINABLE}}
-                stage("task_adapt", t_dir,
-                      lambda: _stage_config(_with_tests(base, source_tests), m_over, off, task_over, pcfg.task_adapt, common,
-                                            source=f"task_adapt {tag}"),
+                stage("task_adapt", sweep.task_dir(m, seed), lambda: sweep.task_adapt(m, seed),
                       lambda c, d: run_task(c, d, stage="task_adapt"), {"model": m, "seed": seed})
                 for target in pcfg.targets:
-                    tok = str(_target_tokenizer(cfg, target, run_dir))
-                    test = {target.language: cfg.task.test[target.language]}
+                    _target_tokenizer(cfg, target, run_dir)  # trained once, at the path the stages name
                     if "oracle" in pcfg.embeddings:
-                        o_dir = run_dir / "oracle" / tag / target.language
-                        oracle_over = {"task": {"dev": None}, "train": {"steps": 0}, "data": {"tokenizer": {"path": tok}},
-                                       "init": {"from_run": str(t_dir),
-                                                "map_embeddings": {"dictionaries": dictionaries[target.language]}}}
-                        stage("oracle", o_dir,
-                              lambda: _stage_config(_with_tests(base, test), m_over, off, pcfg.task_adapt, oracle_over,
-                                                    common, source=f"oracle {tag}/{target.language}"),
+                        stage("oracle", sweep.oracle_dir(m, seed, target), lambda: sweep.oracle(m, seed, target),
                               lambda c, d: run_task(c, d, stage="oracle"), {"model": m, "seed": seed})
                     if "adapted" not in pcfg.embeddings:
                         continue
                     for budget in pcfg.budgets:
                         for draw in range(pcfg.draws):
-                            adapt(m, m_over, tag, seed, draw, target, budget, tok, test, p_dir, t_dir, common)
+                            adapt(m, seed, draw, target, budget)
     except _Interrupted as e:
         log("pipeline interrupted; rerun the same command to resume where it stopped")
         return RunResult(run_dir, e.result.final_step, e.result.results, interrupted=True)
 
     results = {"name": cfg.name, "summary": rows, "stages": list(STAGES)}
     if is_main():
-        _write_json(run_dir / "results.json", results)
+        write_json(run_dir / "results.json", results)
         from xlplastic.pipeline_report import write_pipeline_report
 
         report = write_pipeline_report(run_dir, cfg.name, rows, curves, notes=_notes(cfg), headline=_headline(cfg))

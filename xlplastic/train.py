@@ -165,48 +165,14 @@ def mlm_objective(cfg: Config, vocab_size: int, specials: Specials, language_ids
     return Objective(batch_ndims=ndims, loss=loss, prepare=prepare)
 
 
-def build_trainer(
-    cfg: Config, mesh: Mesh, vocab_size: int, specials: Specials, objective: Objective | None = None
-) -> Trainer:
-    mcfg, tcfg = cfg.model, cfg.train
-    rules = cfg.mesh.rules
-    objective = objective or mlm_objective(cfg, vocab_size, specials)
-    abstract_model = nnx.eval_shape(lambda: model_lib.create(mcfg, vocab_size, tcfg.seed))
-    graphdef, abstract_state = nnx.split(abstract_model, nnx.Param)
-    abstract_params = nnx.to_pure_dict(abstract_state)
-    axes = model_lib.logical_axes(abstract_model)
-    if objective.extra_params is not None:
-        abstract_params = {**abstract_params, **jax.eval_shape(objective.extra_params)}
-        axes = {**axes, **objective.extra_axes}
-    param_shardings = tree_shardings(abstract_params, axes, mesh, rules)
-    labels = label_params(abstract_params)
-    trainable = trainable_groups(cfg, labels)
-    tx = make_optimizer(tcfg.optimizer, labels, trainable)
-    group_lrs = make_group_lrs(cfg, tcfg.steps)
-    fcfg = cfg.forgetting
-    base_key = jax.random.PRNGKey(tcfg.seed)
-    maybe_reset = make_reset(fcfg, tcfg.steps, labels, tx, base_key, specials.pad) if fcfg.every else None
-
-    abstract_opt = jax.eval_shape(tx.init, abstract_params)
-    rep = replicated(mesh)
-    opt_shardings = like_params(abstract_opt, abstract_params, param_shardings, rep)
-    state_shardings = {"step": rep, "params": param_shardings, "opt_state": opt_shardings}
-    encoder_keys = tuple(nnx.to_pure_dict(abstract_state))
-
-    def merge(params):
-        return model_lib.merge(graphdef, abstract_state, {k: params[k] for k in encoder_keys})
-
-    def init_state():
-        m = model_lib.create(mcfg, vocab_size, tcfg.seed)
-        params = nnx.to_pure_dict(nnx.state(m, nnx.Param))
-        if objective.extra_params is not None:
-            params = {**params, **objective.extra_params()}
-        params = jax.lax.with_sharding_constraint(params, param_shardings)
-        return {"step": jnp.zeros((), jnp.int32), "params": params, "opt_state": tx.init(params)}
-
-    init = jax.jit(init_state, out_shardings=state_shardings)
-
-    accum = tcfg.grad_accum
+def make_train_step(objective: Objective, merge: Callable, tx: optax.GradientTransformation, labels, trainable,
+                    group_lrs: Callable, base_key, *, accum: int = 1, mesh: Mesh | None = None, rules=None,
+                    reset: Callable | None = None, reset_flag: Callable | None = None,
+                    reset_groups: tuple[str, ...] = ()) -> Callable[[dict, dict], tuple[dict, dict]]:
+    """The pure step `(state, batch) -> (state, metrics)`, before jit: masking/dropout keys from
+    (base_key, step); gradients (over `accum` micro-batches) of the objective, zero for frozen groups;
+    per-group learning rates; then, where `reset` says so, the active-forgetting rewrite of params and
+    optimizer state. A module-level function so it can be tested on a toy objective without a trainer."""
 
     def frozen_to_zero(grads):
         # Static per leaf: XLA drops the gradient computation of frozen groups altogether.
@@ -221,7 +187,7 @@ def build_trainer(
         return jax.tree.map(one, params, updates, labels)
 
     def train_step(state, batch):
-        with activation_rules(mesh, rules):
+        with activation_rules(mesh, rules or {}):
             step = state["step"]
             key = jax.random.fold_in(base_key, step)
             k_mask, k_drop = jax.random.split(key)
@@ -267,13 +233,61 @@ def build_trainer(
                 "predictions": n,
                 "lr": lrs["*"],
             }
-            if maybe_reset is not None:
-                for g in fcfg.groups:
+            if reset is not None:
+                for g in reset_groups:
                     metrics[f"lr_{g}"] = lrs[g]
-                metrics["reset"] = is_reset(fcfg, tcfg.steps, step + 1).astype(jnp.float32)
-                params, opt_state = maybe_reset(params, opt_state, step + 1)
-            new_state = {"step": step + 1, "params": params, "opt_state": opt_state}
-            return new_state, metrics
+                metrics["reset"] = reset_flag(step + 1).astype(jnp.float32)
+                params, opt_state = reset(params, opt_state, step + 1)
+            return {"step": step + 1, "params": params, "opt_state": opt_state}, metrics
+
+    return train_step
+
+
+def build_trainer(
+    cfg: Config, mesh: Mesh, vocab_size: int, specials: Specials, objective: Objective | None = None
+) -> Trainer:
+    mcfg, tcfg = cfg.model, cfg.train
+    rules = cfg.mesh.rules
+    objective = objective or mlm_objective(cfg, vocab_size, specials)
+    abstract_model = nnx.eval_shape(lambda: model_lib.create(mcfg, vocab_size, tcfg.seed))
+    graphdef, abstract_state = nnx.split(abstract_model, nnx.Param)
+    abstract_params = nnx.to_pure_dict(abstract_state)
+    axes = model_lib.logical_axes(abstract_model)
+    if objective.extra_params is not None:
+        abstract_params = {**abstract_params, **jax.eval_shape(objective.extra_params)}
+        axes = {**axes, **objective.extra_axes}
+    param_shardings = tree_shardings(abstract_params, axes, mesh, rules)
+    labels = label_params(abstract_params)
+    trainable = trainable_groups(cfg, labels)
+    tx = make_optimizer(tcfg.optimizer, labels, trainable)
+    group_lrs = make_group_lrs(cfg, tcfg.steps)
+    fcfg = cfg.forgetting
+    base_key = jax.random.PRNGKey(tcfg.seed)
+    maybe_reset = make_reset(fcfg, tcfg.steps, labels, tx, base_key, specials.pad) if fcfg.every else None
+
+    abstract_opt = jax.eval_shape(tx.init, abstract_params)
+    rep = replicated(mesh)
+    opt_shardings = like_params(abstract_opt, abstract_params, param_shardings, rep)
+    state_shardings = {"step": rep, "params": param_shardings, "opt_state": opt_shardings}
+    encoder_keys = tuple(nnx.to_pure_dict(abstract_state))
+
+    def merge(params):
+        return model_lib.merge(graphdef, abstract_state, {k: params[k] for k in encoder_keys})
+
+    def init_state():
+        m = model_lib.create(mcfg, vocab_size, tcfg.seed)
+        params = nnx.to_pure_dict(nnx.state(m, nnx.Param))
+        if objective.extra_params is not None:
+            params = {**params, **objective.extra_params()}
+        params = jax.lax.with_sharding_constraint(params, param_shardings)
+        return {"step": jnp.zeros((), jnp.int32), "params": params, "opt_state": tx.init(params)}
+
+    init = jax.jit(init_state, out_shardings=state_shardings)
+
+    train_step = make_train_step(objective, merge, tx, labels, trainable, group_lrs, base_key, accum=tcfg.grad_accum,
+                                 mesh=mesh, rules=rules, reset=maybe_reset,
+                                 reset_flag=(lambda s: is_reset(fcfg, tcfg.steps, s)) if maybe_reset is not None else None,
+                                 reset_groups=tuple(fcfg.groups) if maybe_reset is not None else ())
 
     xla = compiler_options(cfg)
     bsh = {k: batch_sharding(mesh, nd) for k, nd in objective.batch_ndims.items()}

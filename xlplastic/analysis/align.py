@@ -348,6 +348,10 @@ def word_translation(src_words, src_vecs, tgt_words, tgt_vecs, dictionary, *, me
                      k: int = 10, chunk_size=DEFAULT_CHUNK, mesh: Mesh | None = None) -> dict:
     """MUSE word-translation P@1 for each method on a (src, tgt) word dictionary.
 
+    Every row of `tgt_vecs` is a candidate for every query, so the target vocabulary passed decides how
+    hard the search is: MUSE passes the whole target embedding vocabulary; `xlplastic analyze` passes
+    the dictionaries' target words unless its word translation candidates are "vocabulary" (see
+    `runner.translation_vocabularies`).  `src_vecs` is CSLS's source population likewise.
     Pairs with a word outside the vocabularies are skipped and counted, as MUSE does.  Returns
     {"precision_at_1": {method: p}, "coverage", "pairs_total", "pairs_used", "queries"}.
     """

@@ -75,7 +75,7 @@ class LoadedModel:
 def load_model(run_dir: str | Path, *, name: str | None = None, devices: Sequence | None = None,
                mesh: MeshConfig | None = None) -> LoadedModel:
     """The encoder of `run_dir` (its config.yaml, tokenizer and latest checkpoint); task heads are ignored."""
-    from xlplastic.run import prepare_tokenizer
+    from xlplastic.data.run_tokenizer import prepare_tokenizer
 
     run_dir = Path(run_dir).expanduser().resolve()
     cfg_path = run_dir / "config.yaml"

@@ -8,7 +8,9 @@ For every pair of sides (a side = a model reading one language; see `AnalysisCon
                   sets): directly, and after an orthogonal Procrustes map fitted on the first sentences;
 * word_translation  MUSE P@1 with NN and CSLS (k = 10): static embedding rows of single-token words, and
                   contextual word types per layer (averaged over their occurrences), each directly and
-                  through a Procrustes map fitted on the `train` dictionary; dictionary coverage reported;
+                  through a Procrustes map fitted on the `train` dictionary; dictionary coverage reported.
+                  The candidates are the dictionaries' target words (not MUSE's whole target vocabulary)
+                  unless `translation_candidates="vocabulary"` (see `translation_vocabularies`);
 * word_alignment  contextual word alignment on the parallel sentences (Pharaoh gold, or dictionary pairs
                   that occur once in both sentences): per layer, the share of source words whose nearest
                   target-sentence word is the gold one, directly and after mapping layer i onto layer i.
@@ -171,11 +173,41 @@ def _mesh(model: reps.LoadedModel):
     return model.mesh if model.mesh.size > 1 else None
 
 
-def _word_translation(a: Side, b: Side, dcfg, data_dir, corpora: dict[str, list[str]], acfg: AnalysisConfig, la, lb) -> dict:
+TRANSLATION_CANDIDATES = ("dictionary", "vocabulary")
+
+
+def translation_vocabularies(test: list[tuple[str, str]], train: list[tuple[str, str]] | None,
+                             src_text: list[str], tgt_text: list[str], candidates: str = "dictionary"
+                             ) -> tuple[list[str], list[str]]:
+    """(source words, target words) whose vectors word translation is computed on; every target word
+    that gets a vector is a retrieval candidate for every query, and the source words are CSLS's source
+    population.
+
+    "dictionary" (the default): the words of the test and train dictionaries only, so a query chooses
+    among the dictionaries' target words. This is easier than MUSE, which searches the whole target
+    embedding vocabulary (200k words): a word that is in no dictionary can never take the top-1.
+    "vocabulary": as MUSE, the dictionaries' words plus every word type of the texts the contextual
+    vectors are averaged over (`src_text` / `tgt_text`: the word corpus or parallel sentences, the first
+    `max_word_sentences` lines), for static and contextual vectors alike. Words that are out of
+    vocabulary stay out either way (static: not one token; contextual: not in the text).
+    """
+    if candidates not in TRANSLATION_CANDIDATES:
+        raise UserError(f"word translation candidates {candidates!r}; expected one of {', '.join(TRANSLATION_CANDIDATES)}")
+    pairs = list(test) + list(train or [])
+    src, tgt = [s for s, _ in pairs], [t for _, t in pairs]
+    if candidates == "vocabulary":
+        src += [w for line in src_text for w in line.split()]
+        tgt += [w for line in tgt_text for w in line.split()]
+    return list(dict.fromkeys(src)), list(dict.fromkeys(tgt))
+
+
+def _word_translation(a: Side, b: Side, dcfg, data_dir, corpora: dict[str, list[str]], acfg: AnalysisConfig, la, lb,
+                      candidates: str = "dictionary") -> dict:
     test = evalsets.read_muse_dictionary(_path(dcfg.test, data_dir))
     train = evalsets.read_muse_dictionary(_path(dcfg.train, data_dir)) if dcfg.train else None
-    src_vocab = [s for s, _ in test] + ([s for s, _ in train] if train else [])
-    tgt_vocab = [t for _, t in test] + ([t for _, t in train] if train else [])
+    ca = corpora[a.language][: acfg.max_word_sentences]
+    cb = corpora[b.language][: acfg.max_word_sentences]
+    src_vocab, tgt_vocab = translation_vocabularies(test, train, ca, cb, candidates)
     reps_out: dict[str, dict] = {}
     mesh = _mesh(b.model)
 
@@ -201,8 +233,6 @@ def _word_translation(a: Side, b: Side, dcfg, data_dir, corpora: dict[str, list[
     sw, sv = reps.static_word_vectors(a.model, a.language, src_vocab)
     tw, tv = reps.static_word_vectors(b.model, b.language, tgt_vocab)
     reps_out["static"] = evaluate(sw, sv, tw, tv)
-    ca = corpora[a.language][: acfg.max_word_sentences]
-    cb = corpora[b.language][: acfg.max_word_sentences]
     kw = dict(batch_size=acfg.batch_size, seq_len=acfg.seq_len)
     swc, sva = reps.word_type_vectors(a.model, ca, a.language, src_vocab, layers=la, **kw)
     twc, tvb = reps.word_type_vectors(b.model, cb, b.language, tgt_vocab, layers=lb, **kw)
@@ -221,6 +251,7 @@ def _word_translation(a: Side, b: Side, dcfg, data_dir, corpora: dict[str, list[
     top = reps_out[best].get("procrustes") or reps_out[best].get("direct") or {}
     return {"nn": top.get("nn"), "csls": top.get("csls"), "representation": best,
             "mapping": "procrustes" if reps_out[best].get("procrustes") else "none",
+            "candidates": candidates,  # "dictionary": the dictionaries' target words; "vocabulary": all words
             "coverage": reps_out[best].get("coverage"),  # of the representation reported at the top
             "coverage_static": reps_out["static"].get("coverage"),
             "coverage_contextual": reps_out.get(f"layer_{la[0]}", {}).get("coverage"),
@@ -279,7 +310,13 @@ def sides_of(models: list[reps.LoadedModel], languages: list[str]) -> list[tuple
 
 
 def analyze(models: list[reps.LoadedModel], acfg: AnalysisConfig, out_dir: str | Path, data_dir: str | None = None,
-            log=print) -> dict:
+            log=print, translation_candidates: str | None = None) -> dict:
+    """The whole analysis into `out_dir`. translation_candidates: what word translation searches,
+    "dictionary" (default) or "vocabulary" (see `translation_vocabularies`); None = the analysis
+    config's `translation_candidates` where it has that key, else "dictionary"."""
+    candidates = translation_candidates or getattr(acfg, "translation_candidates", None) or "dictionary"
+    if candidates not in TRANSLATION_CANDIDATES:
+        raise UserError(f"word translation candidates {candidates!r}; expected one of {', '.join(TRANSLATION_CANDIDATES)}")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     two = len(models) == 2
@@ -360,7 +397,7 @@ def analyze(models: list[reps.LoadedModel], acfg: AnalysisConfig, out_dir: str |
             if a.language not in corpora or b.language not in corpora:
                 raise UserError(f"analysis: word translation {a.language}-{b.language} needs text for contextual word "
                                 "vectors; expected analysis.word_corpus or parallel sentences in both languages")
-            results["word_translation"][key] = _word_translation(a, b, dcfg, data_dir, corpora, acfg, la, lb)
+            results["word_translation"][key] = _word_translation(a, b, dcfg, data_dir, corpora, acfg, la, lb, candidates)
     from xlplastic.analysis.figures import write_figures
 
     results["figures"] = write_figures(results, out_dir)

@@ -34,9 +34,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     from xlplastic.bench import cka_bench, csls_bench
-    from xlplastic.bench.common import write_json
+    from xlplastic.bench.common import check_json_path, write_json
 
     args = build_parser().parse_args(argv)
+    check_json_path(args.json)
     limit = [] if args.numpy_memory_limit_gb is None else ["--numpy-memory-limit-gb", str(args.numpy_memory_limit_gb)]
     out: dict = {}
     with tempfile.TemporaryDirectory() as tmp:

@@ -237,9 +237,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from xlplastic.bench.common import write_json
+    from xlplastic.bench.common import check_json_path, write_json
 
     args = build_parser().parse_args(argv)
+    check_json_path(args.json)
     runs = []
     for n in args.tokens:
         runs.append(

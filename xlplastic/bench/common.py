@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 from pathlib import Path
+
+from xlplastic.errors import UserError
 
 
 def add_model_args(p: argparse.ArgumentParser, batch_help: str | None = None) -> None:
@@ -20,12 +23,30 @@ def add_model_args(p: argparse.ArgumentParser, batch_help: str | None = None) ->
 
 def host_memory_bytes() -> int | None:
     """Physical memory of this machine (what a NumPy peer's need is compared with), or None if unknown."""
-    import os
-
     try:
         return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
     except (ValueError, OSError, AttributeError):
         return None
+
+
+def check_json_path(path: str | None) -> None:
+    """Fails fast (UserError, before a benchmark runs) when `--json PATH` could not be written at the end:
+    PATH is a folder, or a part of its parent path is not a folder, or the folder is not writable.
+    Missing folders are fine: `write_json` creates them."""
+    if not path:
+        return
+    out = Path(path).expanduser()
+    if out.is_dir():
+        raise UserError(f"--json {path}: is a directory; expected a file path to write the figures to")
+    if out.exists() and not os.access(out, os.W_OK):
+        raise UserError(f"--json {path}: file is not writable; expected a path this user may write")
+    parent = out.absolute().parent
+    while not parent.exists() and parent != parent.parent:  # the nearest folder that exists gets the new ones
+        parent = parent.parent
+    if not parent.is_dir():
+        raise UserError(f"--json {path}: {parent} is not a directory; expected the file's parent to be a folder")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise UserError(f"--json {path}: folder {parent} is not writable; expected a path this user may write")
 
 
 def write_json(path: str | None, result: dict) -> None:

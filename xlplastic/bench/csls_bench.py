@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from xlplastic.bench.common import host_memory_bytes, write_json
+from xlplastic.bench.common import check_json_path, host_memory_bytes, write_json
 
 DEFAULT_CHUNK = 4096
 
@@ -196,6 +196,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    check_json_path(args.json)
     r = run_csls_bench(vocab=args.vocab, dim=args.dim, k=args.k, queries=args.queries, chunk_size=args.chunk_size,
                        numpy_memory_limit_gb=args.numpy_memory_limit_gb, seed=args.seed, noise=args.noise,
                        repeats=args.repeats)

@@ -25,7 +25,7 @@ import subprocess
 import sys
 from typing import Any
 
-from xlplastic.bench.common import add_model_args, model_config, shape_record, write_json
+from xlplastic.bench.common import add_model_args, check_json_path, model_config, shape_record, write_json
 from xlplastic.groups import path_str
 
 
@@ -124,6 +124,7 @@ def _finish_child(proc: subprocess.Popen, n: int) -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
+    check_json_path(args.json)
     if args.ffn is None:
         args.ffn = 4 * args.hidden
     if args.child is not None:

@@ -50,7 +50,8 @@ from typing import Any
 
 import numpy as np
 
-from xlplastic.bench.common import add_model_args, model_config, shape_record, write_json
+from xlplastic.bench.common import add_model_args, check_json_path, model_config, shape_record, write_json
+from xlplastic.errors import UserError
 
 SPECIAL_IDS = (0, 1, 2, 3, 4)  # RoBERTa convention: <s>=0 <pad>=1 </s>=2 <unk>=3 <mask>=4
 BOS, PAD, EOS, MASK = 0, 1, 2, 4
@@ -256,7 +257,7 @@ class XlplasticSide:
 
     def _put(self, i: int):
         """The batches of steps i..i+K-1 on device (as the run loop puts them: one call's worth)."""
-        from xlplastic.calls import put_batches
+        from xlplastic.loop import put_batches
 
         local = [{"tokens": self.batches[(i + j) % len(self.batches)]} for j in range(self.k)]
         return put_batches(local, self.mesh, local[0]["tokens"].shape[0])
@@ -413,13 +414,28 @@ def _cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
+def resolve_threads(requested: int | None) -> int:
+    """--threads when given, else the cores this process may run on (what JAX uses): its affinity
+    mask where the platform has one, else the CPU count. (This was one expression, `a or b if c else
+    d`, which parses as `(a or b) if c else d` and so dropped --threads where there is no
+    sched_getaffinity, e.g. macOS.)"""
+    if requested is not None:
+        if requested < 1:
+            raise UserError(f"--threads {requested}; expected a positive number of threads")
+        return requested
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    check_json_path(args.json)
     if args.ffn is None:
         args.ffn = 4 * args.hidden
     import jax
 
-    threads = args.threads or len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    threads = resolve_threads(args.threads)
     with_torch = not args.skip_torch
     tokens_per_step = args.batch * args.seq
 

@@ -36,7 +36,7 @@ from xlplastic.config import LabConfig, LabLanguageConfig
 from xlplastic.data import lab_tasks
 from xlplastic.data.phrase import MIN_WORDS as PHRASE_MIN_WORDS
 from xlplastic.data.phrase import NUMBER_NAMES, make_phrase_grammar
-from xlplastic.data.synthetic import _CODAS, _ONSETS, _VOWELS, CLASSES, MAX_LEN, NUM_TOPICS, Grammar, make_grammar
+from xlplastic.data.synthetic import CODAS, ONSETS, VOWELS, CLASSES, MAX_LEN, NUM_TOPICS, Grammar, make_grammar
 from xlplastic.errors import UserError
 
 FORMAT = "xlplastic-lab/2"  # bump when the files written for a given config change
@@ -45,7 +45,7 @@ VERB = CLASSES.index("VERB")
 TOPIC_TASK_MAX = 4000  # sentences of a language's own text in its topic/POS training files
 DICT_TRAIN, DICT_END = 5000, 6500  # MUSE split ranks (scaled to ~77% / rest below 6500 words)
 _NAME = re.compile(r"[A-Za-z0-9_]+")
-_LATIN = "abdefghiklmnoprstuvz"  # the letters of the base syllables (synthetic._ONSETS/_VOWELS/_CODAS)
+_LATIN = "abdefghiklmnoprstuvz"  # the letters of the base syllables (synthetic.ONSETS/VOWELS/CODAS)
 _CHARS_PER_SYLLABLE = 3.15  # mean length of a base syllable, to give fresh words similar lengths
 
 # Alphabets for fresh forms: 20 letters each (one per base letter), all single code points that are
@@ -65,7 +65,7 @@ SCRIPTS: dict[str, str] = {
     "bopomofo": "".join(chr(0x3105 + i) for i in range(20)),
 }
 _SCRIPT_NAMES = tuple(SCRIPTS)
-_SYLLABLES = [o + v + c for o in _ONSETS for v in _VOWELS for c in _CODAS]
+_SYLLABLES = [o + v + c for o in ONSETS for v in VOWELS for c in CODAS]
 
 
 # --- languages ------------------------------------------------------------------------------------

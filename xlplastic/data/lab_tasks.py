@@ -105,10 +105,10 @@ def _premise(grammar: PhraseGrammar, rng) -> list[Slot]:
 
 def nli_pairs(grammar: PhraseGrammar, n: int, rng: np.random.Generator, topic_probs=None):
     """n pairs (premise ids, hypothesis ids, label), exactly balanced over NLI_LABELS in random order."""
-    from xlplastic.data.phrase import _topics, tags
+    from xlplastic.data.phrase import draw_topics, tags
 
     labels = rng.permutation(np.arange(n) % 3)
-    topics = _topics(n, rng, topic_probs)
+    topics = draw_topics(n, rng, topic_probs)
     out = []
     while len(out) < n:
         k = len(out)
@@ -129,10 +129,10 @@ def nli_pairs(grammar: PhraseGrammar, n: int, rng: np.random.Generator, topic_pr
 
 def agreement_items(grammar: PhraseGrammar, n: int, rng: np.random.Generator, topic_probs=None):
     """n (ids, label) sentences, exactly balanced over AGREEMENT_LABELS in random order."""
-    from xlplastic.data.phrase import _topics
+    from xlplastic.data.phrase import draw_topics
 
     labels = rng.permutation(np.arange(n) % 2)
-    topics = _topics(n, rng, topic_probs)
+    topics = draw_topics(n, rng, topic_probs)
     out = []
     for k in range(n):
         slots = grammar.skeleton(rng, TASK_MAX_LEN)

@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from xlplastic.data.synthetic import CLASSES, MAX_LEN, NUM_TOPICS, _pseudo_words
+from xlplastic.data.synthetic import CLASSES, MAX_LEN, NUM_TOPICS, pseudo_words
 from xlplastic.errors import UserError
 
 C = {name: i for i, name in enumerate(CLASSES)}
@@ -120,7 +120,7 @@ class PhraseGrammar:
 
     def sample_ids(self, n: int, rng: np.random.Generator, topic_probs=None):
         """Like synthetic.sample_ids: ids [n, MAX_LEN], lengths [n], topics [n]."""
-        topics = _topics(n, rng, topic_probs)
+        topics = draw_topics(n, rng, topic_probs)
         ids = np.zeros((n, MAX_LEN), np.int64)
         lengths = np.zeros(n, np.int64)
         for k in range(n):
@@ -140,7 +140,7 @@ class PhraseGrammar:
         return self.cache["freq"].copy()
 
 
-def _topics(n, rng, topic_probs):
+def draw_topics(n, rng, topic_probs):
     if topic_probs is None:
         return rng.integers(NUM_TOPICS, size=n)
     p = np.asarray(topic_probs, float)
@@ -290,7 +290,7 @@ def make_phrase_grammar(num_words: int, seed: int) -> PhraseGrammar:
         raise UserError(f"lab.words is {num_words}; expected at least {MIN_WORDS} for the phrase grammar")
     rng = np.random.default_rng([seed, 0x9A5E])
     counts = _type_counts(num_words)
-    words = _pseudo_words(num_words, rng)
+    words = pseudo_words(num_words, rng)
     order = rng.permutation(num_words)  # which pseudo-word goes to which form: no length cue for the class
     word_class, number, lemma = np.zeros(num_words, np.int64), np.zeros(num_words, np.int64), np.zeros(num_words, np.int64)
     forms: dict[str, np.ndarray] = {}

@@ -33,9 +33,9 @@ _OPEN = np.array([c in ("NOUN", "VERB", "ADJ", "ADV", "PROPN") for c in CLASSES]
 
 NUM_TOPICS = 4
 MIN_LEN, MAX_LEN = 8, 30
-_ONSETS = ("", "b", "d", "f", "g", "k", "l", "m", "n", "p", "r", "s", "t", "v", "z", "br", "kl", "st", "tr", "sh")
-_VOWELS = ("a", "e", "i", "o", "u", "ai", "ou")
-_CODAS = ("", "", "", "n", "r", "s", "l", "m", "k")
+ONSETS = ("", "b", "d", "f", "g", "k", "l", "m", "n", "p", "r", "s", "t", "v", "z", "br", "kl", "st", "tr", "sh")
+VOWELS = ("a", "e", "i", "o", "u", "ai", "ou")
+CODAS = ("", "", "", "n", "r", "s", "l", "m", "k")
 
 
 @dataclass(frozen=True)
@@ -68,14 +68,14 @@ class SyntheticCorpus:
     topics: list[int]  # topic of each sentence
 
 
-def _pseudo_words(n: int, rng: np.random.Generator) -> list[str]:
+def pseudo_words(n: int, rng: np.random.Generator) -> list[str]:
     """n distinct pronounceable words of 1-3 syllables (short words first, like real lexica)."""
     words: list[str] = []
     seen: set[str] = set()
     while len(words) < n:
         k = 1 + int(rng.choice(3, p=[0.25, 0.5, 0.25]))
         w = "".join(
-            _ONSETS[rng.integers(len(_ONSETS))] + _VOWELS[rng.integers(len(_VOWELS))] + _CODAS[rng.integers(len(_CODAS))]
+            ONSETS[rng.integers(len(ONSETS))] + VOWELS[rng.integers(len(VOWELS))] + CODAS[rng.integers(len(CODAS))]
             for _ in range(k)
         )
         if len(w) >= 2 and w not in seen:
@@ -100,7 +100,7 @@ def make_grammar(num_words: int, seed: int) -> Grammar:
         raise UserError(f"synthetic_words is {num_words}; expected at least {len(CLASSES)} (one word per class)")
     rng = np.random.default_rng([seed, 0x5E7])
     C, V = len(CLASSES), num_words
-    words = tuple(_pseudo_words(V, rng))
+    words = tuple(pseudo_words(V, rng))
     sizes = _class_sizes(V)
     word_class = np.repeat(np.arange(C), sizes)
 

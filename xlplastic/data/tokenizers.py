@@ -15,7 +15,9 @@ from pathlib import Path
 
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
 
-from xlplastic.config import DataConfig, TokenizerConfig
+from xlplastic.config import TokenizerConfig
+from xlplastic.data.tokenizer_json import read_tokenizer_json
+from xlplastic.data.vocabulary import is_vocabulary_file, load_vocabulary
 from xlplastic.errors import UserError
 
 # Ids follow list order: <s>=0 <pad>=1 </s>=2 <unk>=3 <mask>=4 (RoBERTa / XLM-R).
@@ -113,20 +115,10 @@ def train_tokenizer(texts: Iterable[str], cfg: TokenizerConfig) -> Tokenizer:
 def load_tokenizer(path: str | Path) -> Tokenizer:
     """A `tokenizer.json` (or a folder holding one) from the `tokenizers` library, or a multilingual
     `vocabulary.json` (see vocabulary.py; it behaves like a tokenizer for special tokens and size)."""
-    from xlplastic.data.vocabulary import is_vocabulary_file, load_vocabulary
-
     p = Path(path).expanduser()
     if is_vocabulary_file(p):
         return load_vocabulary(p)
-    if p.is_dir():
-        p = p / "tokenizer.json"
-    if not p.is_file():
-        raise UserError(f"{p}: tokenizer file not found; expected a tokenizer.json from the `tokenizers` library")
-    try:
-        return Tokenizer.from_file(str(p))
-    except Exception as e:  # the Rust side raises a generic Exception for any parse problem
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise UserError(f"{p}: not a valid tokenizer.json ({first})") from None
+    return read_tokenizer_json(p)
 
 
 def special_tokens(tok: Tokenizer) -> SpecialTokens:
@@ -142,7 +134,7 @@ def special_tokens(tok: Tokenizer) -> SpecialTokens:
     return SpecialTokens(**ids, all_ids=tuple(sorted(added | set(ids.values()))))
 
 
-def _round_robin(streams: list[Iterator[str]]) -> Iterator[str]:
+def round_robin(streams: list[Iterator[str]]) -> Iterator[str]:
     """Interleaves streams so a line cap samples every corpus, not just the first."""
     active = list(streams)
     while active:
@@ -151,19 +143,6 @@ def _round_robin(streams: list[Iterator[str]]) -> Iterator[str]:
                 yield next(s)
             except StopIteration:
                 active.remove(s)
-
-
-def build_tokenizer(cfg: DataConfig, save_to: str | Path | None = None) -> Tokenizer:
-    """Loads `cfg.tokenizer.path`, or trains on all corpora (interleaved) and saves to `save_to`."""
-    if cfg.tokenizer.path:
-        return load_tokenizer(cfg.tokenizer.path)
-    from xlplastic.data.sources import iter_texts
-
-    tok = train_tokenizer(_round_robin([iter_texts(c, cfg.data_dir) for c in cfg.corpora]), cfg.tokenizer)
-    if save_to is not None:
-        Path(save_to).parent.mkdir(parents=True, exist_ok=True)
-        tok.save(str(save_to))
-    return tok
 
 
 def tokenizer_json(tok: Tokenizer) -> str:

@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 from tokenizers import Tokenizer
 
+from xlplastic.data.tokenizer_json import read_tokenizer_json
 from xlplastic.errors import UserError
 
 FORMAT = "xlplastic-vocabulary/1"
@@ -219,8 +220,6 @@ def is_vocabulary_file(path: Path) -> bool:
 
 def load_vocabulary(path: str | Path) -> Vocabulary:
     """Reads a vocabulary.json (or a folder holding one) and the tokenizer files it names."""
-    from xlplastic.data.tokenizers import load_tokenizer
-
     p = Path(path).expanduser()
     if p.is_dir():
         p = p / FILENAME
@@ -237,7 +236,7 @@ def load_vocabulary(path: str | Path) -> Vocabulary:
     for l in meta["languages"]:
         name = meta["tokenizers"][l]
         if name not in cache:
-            cache[name] = load_tokenizer(p.parent / name)
+            cache[name] = read_tokenizer_json(p.parent / name)
         toks[l] = cache[name]
     vocab = Vocabulary.build(toks, meta["anchors"])
     if meta.get("size") not in (None, vocab.size):

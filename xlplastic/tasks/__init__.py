@@ -1,1 +1,1 @@
-"""Downstream-task data: readers for NLI, POS, NER, parsing and QA files, and their metrics."""
+"""Downstream tasks: one `Task` per kind (registry.py, kinds/) with its reader, features, head and metrics."""

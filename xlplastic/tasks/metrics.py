@@ -11,7 +11,7 @@ import string
 from collections import Counter
 from typing import Sequence
 
-from xlplastic.tasks.readers import QAExample
+from xlplastic.tasks.formats import QAExample
 
 
 def _same_length(a: Sequence, b: Sequence, what: str) -> None:
@@ -118,7 +118,8 @@ def attachment_scores(pred_heads, pred_rels, gold_heads, gold_rels, *, upos=None
     """{"uas", "las"} as fractions over scored words; inputs are per-sentence sequences.
 
     Deprel subtypes are stripped before comparing (`nmod:poss` == `nmod`, CoNLL 2018). punct="include"
-    scores every word (CoNLL 2018); punct="exclude" skips words whose gold UPOS is PUNCT (CoNLL-X style).
+    scores every word (CoNLL 2018); punct="exclude" skips words whose gold UPOS is PUNCT (a tag rule,
+    not CoNLL-X eval.pl's, which skips words whose form is all punctuation characters).
     """
     if punct not in ("include", "exclude"):
         raise ValueError(f"punct={punct!r}; expected 'include' or 'exclude'")
