@@ -82,28 +82,43 @@ def _quiet_after_done() -> None:
     sys.stderr.flush()
 
 
+def _dispatch(cfg, run_dir: Path, args):
+    if cfg.pipeline is not None:  # the relearning pipeline: stages over a sweep
+        from xlplastic.stages import run_pipeline
+
+        return run_pipeline(cfg, run_dir)
+    if cfg.task is not None:  # fine-tune (or, with train.steps 0, only evaluate) a task head
+        from xlplastic.finetune import run_task
+
+        return run_task(cfg, run_dir, allow_change=tuple(args.allow_change))
+    # masked-LM pretraining (or language adaptation, with init/trainable set)
+    from xlplastic.run import run
+    from xlplastic.stages import materialize_lab
+
+    return run(materialize_lab(cfg, run_dir), run_dir, allow_change=tuple(args.allow_change))
+
+
 def _cmd_run(args) -> int:
     from xlplastic.config import load_config
 
     _compilation_cache(args)
     cfg = load_config(args.config, args.set)
     _distributed_init(args)
-    from xlplastic.runtime import check_run_dir
+    from xlplastic.runtime import check_run_dir, remove_if_untrained
 
-    run_dir = check_run_dir(Path(args.run_dir) if args.run_dir else Path("runs") / cfg.name)  # before any work
-    if cfg.pipeline is not None:  # the relearning pipeline: stages over a sweep
-        from xlplastic.stages import run_pipeline
+    wanted = Path(args.run_dir) if args.run_dir else Path("runs") / cfg.name
+    created = not wanted.exists()
+    run_dir = check_run_dir(wanted)  # before any work
+    try:
+        result = _dispatch(cfg, run_dir, args)
+    except UserError as e:
+        from xlplastic.loop import TrainingDiverged
 
-        result = run_pipeline(cfg, run_dir)
-    elif cfg.task is not None:  # fine-tune (or, with train.steps 0, only evaluate) a task head
-        from xlplastic.finetune import run_task
-
-        result = run_task(cfg, run_dir, allow_change=tuple(args.allow_change))
-    else:  # masked-LM pretraining (or language adaptation, with init/trainable set)
-        from xlplastic.run import run
-        from xlplastic.stages import materialize_lab
-
-        result = run(materialize_lab(cfg, run_dir.resolve()), run_dir, allow_change=tuple(args.allow_change))
+        # A first start that failed on its input leaves no half-made run folder behind (a diverged run
+        # or a failed write keeps its folder: its metrics say what happened).
+        if created and getattr(e, "exit_code", 2) == 2 and not isinstance(e, TrainingDiverged):
+            remove_if_untrained(run_dir)
+        raise
     _quiet_after_done()
     if result.interrupted:
         sig = result.results.get("signal")

@@ -39,11 +39,15 @@ def _mapping_without_duplicates(loader: yaml.SafeLoader, node: yaml.MappingNode,
     section would drop the first one's settings)."""
     seen = set()
     for key_node, _ in node.value:
+        if key_node.tag == "tag:yaml.org,2002:merge":
+            continue  # `<<: *anchor` merges keys that this mapping's own keys may override
         key = loader.construct_object(key_node, deep=True)
-        if isinstance(key, (str, int, float, bool)) and key in seen:
+        if not isinstance(key, (str, int, float, bool)):
+            continue  # (an unhashable key is YAML's own error)
+        if key in seen:
             raise yaml.constructor.ConstructorError(
                 None, None, f"duplicate key `{key}` (YAML would keep only the last)", key_node.start_mark)
-        seen.add(key) if isinstance(key, (str, int, float, bool)) else None
+        seen.add(key)
     return yaml.SafeLoader.construct_mapping(loader, node, deep=deep)
 
 

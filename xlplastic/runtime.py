@@ -82,6 +82,19 @@ def check_run_dir(run_dir: Path) -> Path:
     return run_dir
 
 
+def remove_if_untrained(run_dir: Path) -> None:
+    """Removes a run folder this command created when nothing in it trained (no checkpoint, no results):
+    what is left is the start of a run that failed on its input. Process 0 only."""
+    if not is_main() or not run_dir.is_dir():
+        return
+    trained = any(p.name == "results.json" for p in run_dir.rglob("results.json")) or any(
+        p.name.isdigit() for c in run_dir.rglob("checkpoints") if c.is_dir() for p in c.iterdir())
+    if not trained:
+        import shutil
+
+        shutil.rmtree(run_dir, ignore_errors=True)
+
+
 class StopRequest:
     """SIGTERM / SIGINT as a request to stop after the current call and save.
 
