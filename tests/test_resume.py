@@ -12,6 +12,7 @@ import re
 import signal
 
 import jax
+import numpy as np
 import pytest
 
 from cli_helpers import (
@@ -143,3 +144,34 @@ def test_in_process_stop_at_then_resume_matches_uninterrupted(tmp_path):
     assert rest.results["losses"] == whole.results["losses"]
     assert rest.results["final"]["eval_loss"] == whole.results["final"]["eval_loss"]
     assert [r["step"] for r in train_rows(tmp_path / "resumed")] == list(range(1, 21))
+
+
+def test_sigkill_at_ten_random_points_including_mid_save(tmp_path, env, reference):
+    """One run SIGKILLed ten times, each at a random step after the last resume point (checkpoints every
+    3 steps, saved asynchronously, so several kills land while a save is in flight), resumed each time by
+    the same command: the finished run equals the uninterrupted one bit for bit, each step logged once."""
+    rng = np.random.default_rng(0)
+    d = tmp_path / "run"
+    cmd = run_cmd(TINY, d, *QUIET, "--set", f"train.steps={STEPS}", "--set", "checkpoint.every=3",
+                  "--set", "checkpoint.keep=2", "--set", "train.log_every=1")
+    kills = 0
+    for attempt in range(10):
+        start = max(checkpoint_steps(d), default=0)
+        target = min(STEPS - 1, start + int(rng.integers(1, 9)))
+        bg = Background(cmd, env, tmp_path, f"kill{attempt}")
+        try:
+            wait_until(lambda: last_step(d) >= target or bg.proc.poll() is not None, bg.proc, timeout=120,
+                       what=f"step {target}")
+        except AssertionError:
+            pass  # the run ended on its own (it got to the end): nothing to kill
+        finally:
+            bg.kill()
+        done = bg.wait(timeout=30)
+        kills += done.returncode == -signal.SIGKILL
+        if (d / "results.json").exists():
+            break
+    assert kills >= 8, kills
+    if not (d / "results.json").exists():
+        last = run_cli(cmd, env, timeout=180)
+        assert last.returncode == 0, last.stderr[-3000:]
+    _assert_same_run(d, reference)

@@ -108,6 +108,10 @@ def _cmd_run(args) -> int:
 
     wanted = Path(args.run_dir) if args.run_dir else Path("runs") / cfg.name
     created = not wanted.exists()
+    if cfg.pipeline is not None:  # every stage's config, before the run folder exists
+        from xlplastic.stages import check_pipeline
+
+        check_pipeline(cfg, wanted)
     run_dir = check_run_dir(wanted)  # before any work
     try:
         result = _dispatch(cfg, run_dir, args)

@@ -489,6 +489,9 @@ class AnalysisConfig(_Strict):
     dictionaries: dict[str, DictionaryConfig] = Field(default_factory=dict)  # "src-tgt" -> MUSE train/test
     word_corpus: dict[str, str] = Field(default_factory=dict)  # language -> text whose occurrences average word vectors
     max_word_sentences: PosInt = 5000
+    # what word translation searches: the dictionary's target words (default), or every word type of the
+    # word corpus, as MUSE searches the full embedding vocabulary (harder: more distractors)
+    translation_candidates: Literal["dictionary", "vocabulary"] = "dictionary"
     layers: list[NonNegInt] | None = None  # representation layers (0 = embeddings); null = all
     batch_size: PosInt = 32
     seq_len: int | None = Field(None, ge=2)  # null = the model's data.seq_len

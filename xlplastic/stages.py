@@ -26,6 +26,7 @@ from xlplastic.assemble import run_tokenizer_path
 from xlplastic.config import Config, dump_config, validate_partials
 from xlplastic.errors import UserError
 from xlplastic.forgetting import reset_steps
+from xlplastic.record import check_rerun
 from xlplastic.run import RunResult
 from xlplastic.runtime import barrier, is_main, log, write_json
 
@@ -266,6 +267,7 @@ def run_pipeline(cfg: Config, run_dir: str | Path, *, only: list[str] | None = N
             return _done(d)
         found = _done(d)
         if found is not None:
+            check_rerun(d, dump_config(make_cfg()))  # a finished stage is a record: a changed config is refused
             log(f"[{name}] {d.relative_to(run_dir)}: complete, skipped")
         else:
             c = make_cfg()

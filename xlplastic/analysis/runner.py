@@ -314,7 +314,7 @@ def analyze(models: list[reps.LoadedModel], acfg: AnalysisConfig, out_dir: str |
     """The whole analysis into `out_dir`. translation_candidates: what word translation searches,
     "dictionary" (default) or "vocabulary" (see `translation_vocabularies`); None = the analysis
     config's `translation_candidates` where it has that key, else "dictionary"."""
-    candidates = translation_candidates or getattr(acfg, "translation_candidates", None) or "dictionary"
+    candidates = translation_candidates or acfg.translation_candidates
     if candidates not in TRANSLATION_CANDIDATES:
         raise UserError(f"word translation candidates {candidates!r}; expected one of {', '.join(TRANSLATION_CANDIDATES)}")
     out_dir = Path(out_dir)
