@@ -8,7 +8,7 @@ import pytest
 from jax.sharding import AxisType
 
 from xlplastic.analysis import align
-from xlplastic.analysis.evalsets import read_muse_dictionary, read_parallel, read_parallel_tsv, read_tatoeba
+from xlplastic.data.evalsets import read_muse_dictionary, read_parallel, read_parallel_tsv, read_tatoeba
 from xlplastic.errors import UserError
 
 BIG = 100_000  # a chunk size larger than every test array: the unchunked computation

@@ -31,7 +31,8 @@ from typing import Any
 import jax
 import numpy as np
 
-from xlplastic.analysis import align, cka, evalsets, reps
+from xlplastic.analysis import align, cka, reps
+from xlplastic.data import evalsets
 from xlplastic.config import AnalysisConfig, Config
 from xlplastic.data.sources import resolve_path
 from xlplastic.errors import UserError

@@ -13,13 +13,12 @@ from pathlib import Path
 import numpy as np
 
 from xlplastic.config import CodeSwitchConfig
+from xlplastic.data.evalsets import read_muse_dictionary
 from xlplastic.errors import UserError
 
 
 def read_dictionary(path: Path, reverse: bool = False) -> dict[str, list[str]]:
     """word -> translations (file order) from a MUSE-format file (`src tgt` per line)."""
-    from xlplastic.analysis.evalsets import read_muse_dictionary
-
     out: dict[str, list[str]] = {}
     for a, b in read_muse_dictionary(path):
         src, tgt = (b, a) if reverse else (a, b)
