@@ -22,18 +22,22 @@ from xlplastic.config import InitConfig
 from xlplastic.errors import UserError
 from xlplastic.forgetting import redraw_groups
 from xlplastic.groups import base_group, path_str, selects
+from xlplastic.hf_config import hf_dir
 
 _INIT_STREAM = 0x1A17
 
 
-def compose_params(icfg: InitConfig, params: dict, trainer, *, seed: int, pad_id: int,
+def compose_params(icfg: InitConfig, params: dict | None, trainer, *, seed: int, pad_id: int,
                    tokenizer_sha: str | None = None, tokenizer=None, data_dir: str | None = None, log=print) -> dict:
-    """`params` (this run's fresh, sharded initialisation by `trainer`) with each group replaced as `icfg` says."""
+    """`params` (this run's fresh, sharded initialisation by `trainer`) with each group replaced as `icfg` says.
+    A source `hf:DIR` (init.from_hf) is read by hf.py onto the same shardings. `params` None: nothing was
+    drawn (`uses_hf`); the leaves no source provides are then drawn alone, as trainer.init would draw them."""
     labels, shardings = trainer.labels, trainer.param_shardings
     flat_labels = {path_str(p): g for p, g in jax.tree_util.tree_leaves_with_path(labels)}
     flat_axes = {path_str(p): a for p, a in
                  jax.tree_util.tree_leaves_with_path(trainer.axes, is_leaf=lambda x: isinstance(x, tuple))}
-    abstract = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), params, shardings)
+    shapes = params if params is not None else jax.eval_shape(trainer.init)["params"]
+    abstract = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), shapes, shardings)
     sources: dict[str, list[str]] = {}  # run -> groups it provides
     for g in sorted(set(flat_labels.values())):
         if any(selects(s, g) for s in icfg.reinit):
@@ -48,9 +52,9 @@ def compose_params(icfg: InitConfig, params: dict, trainer, *, seed: int, pad_id
         raise UserError(f"init.groups_from names group(s) {', '.join(unknown)} that this model does not have; "
                         f"expected some of {', '.join(sorted(set(flat_labels.values())))}")
 
-    out = params
+    out = params if params is not None else {}
     for run, groups in sources.items():
-        explicit = run != icfg.from_run or any(selects(s, g) for s in icfg.groups_from for g in groups)
+        explicit = run != icfg.base or any(selects(s, g) for s in icfg.groups_from for g in groups)
         if tokenizer_sha and any(base_group(g) == "token_embedding" for g in groups):
             _check_tokenizer(run, tokenizer_sha)
         kept: list[str] = []
@@ -75,9 +79,19 @@ def compose_params(icfg: InitConfig, params: dict, trainer, *, seed: int, pad_id
                 )
             return True
 
-        restored, _ = ckpt_lib.load_params(run, abstract, take)
+        if hf_dir(run) is not None:
+            from xlplastic.hf import read_params
+
+            restored, _ = read_params(run, abstract, take, log)
+        else:
+            restored, _ = ckpt_lib.load_params(run, abstract, take)
         out = _overlay(out, restored)
         log(f"init: {', '.join(groups)} from {run}" + (f" (fresh, new vocabulary: {', '.join(kept)})" if kept else ""))
+    if params is None:  # draw only what no source gave (a new head, re-drawn or re-sized groups)
+        have = {path_str(p) for p, _ in jax.tree_util.tree_leaves_with_path(out)}
+        missing = frozenset(k for k in flat_labels if k not in have)
+        if missing:
+            out = _overlay(trainer.init_params(missing), out)
     if icfg.map_embeddings is not None:
         out = _overlay(out, map_vocabulary(icfg, abstract, flat_axes, tokenizer, data_dir, log))
     if icfg.reinit:
@@ -126,7 +140,9 @@ def map_vocabulary(icfg: InitConfig, abstract: dict, flat_axes: dict, tokenizer,
     from xlplastic.data.tokenizers import load_tokenizer
 
     m = icfg.map_embeddings
-    run = m.from_run or icfg.from_run
+    run = m.from_run or icfg.base
+    if hf_dir(run) is not None:
+        raise UserError(f"init.map_embeddings from {run}: expected an xlplastic run with a word-level tokenizer, not an HF model")
     if run is None:
         raise UserError("init.map_embeddings needs a run to take the embeddings from; expected map_embeddings.from_run or init.from_run")
     if tokenizer is None:
@@ -170,9 +186,12 @@ def map_vocabulary(icfg: InitConfig, abstract: dict, flat_axes: dict, tokenizer,
 
 
 def run_tokenizer_path(d: Path) -> Path:
-    """A finished run's tokenizer: its multilingual vocabulary.json if it has one, else tokenizer.json."""
+    """A finished run's tokenizer: its multilingual vocabulary.json if it has one, else tokenizer.json
+    (an `hf:DIR` model's: DIR/tokenizer.json)."""
     from xlplastic.data.vocabulary import FILENAME
 
+    if (h := hf_dir(d)) is not None:
+        return h / "tokenizer.json"
     return d / FILENAME if (d / FILENAME).is_file() else d / "tokenizer.json"
 
 
@@ -180,18 +199,22 @@ def _source(icfg: InitConfig, label: str) -> str | None:
     """The run a leaf label comes from: `groups_from` by exact label, then by its group, else `from_run`."""
     if label in icfg.groups_from:
         return icfg.groups_from[label]
-    return icfg.groups_from.get(base_group(label), icfg.from_run)
+    return icfg.groups_from.get(base_group(label), icfg.base)
 
 
 def _overlay(base: dict, top: dict) -> dict:
     out = dict(base)
     for k, v in top.items():
-        out[k] = _overlay(base[k], v) if isinstance(v, dict) else v
+        out[k] = _overlay(base.get(k, {}), v) if isinstance(v, dict) else v
     return out
 
 
 def _check_tokenizer(run: str, tokenizer_sha: str) -> None:
     """Embeddings only mean something with the tokenizer they were trained with."""
+    if hf_dir(run) is not None:
+        from xlplastic.hf import check_tokenizer
+
+        return check_tokenizer(run, tokenizer_sha)
     state_dir, step = ckpt_lib.latest_state_dir(run)
     meta = ckpt_lib.Checkpointer(state_dir.parent.parent, async_save=False).read_meta(step)
     found = meta.get("tokenizer_sha")

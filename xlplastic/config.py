@@ -99,6 +99,9 @@ class ModelConfig(_Strict):
     num_heads: PosInt = 4
     mlp_dim: PosInt = 1024
     max_positions: PosInt = 514  # positions 0..max_positions-1, no offset: sequences up to max_positions tokens
+    # > 0 (RoBERTa/XLM-R imported from HF: padding_idx + 1): token i reads position row offset + i and
+    # padding reads row offset - 1, so sequences are up to max_positions - offset tokens; 0 = no offset
+    position_offset: NonNegInt = 0
     type_vocab_size: NonNegInt = 0  # 0 = no token-type embedding (RoBERTa/XLM-R), 2 = BERT
     num_languages: NonNegInt = 0  # 0 = no language embedding (XLM-style when > 0)
     # The model's languages in order: a batch's `lang` ids index this list (corpora of other names are an
@@ -132,6 +135,12 @@ class ModelConfig(_Strict):
         if not 0 <= self.separate.layers <= self.num_layers:
             raise ValueError(f"model.separate.layers is {self.separate.layers}; expected 0..model.num_layers "
                              f"({self.num_layers})")
+        if self.position_offset >= self.max_positions:
+            raise ValueError(f"model.position_offset {self.position_offset} leaves no position of model.max_positions "
+                             f"{self.max_positions}; expected an offset below max_positions")
+        if self.position_offset and self.separate.position_copies:
+            raise ValueError("model.position_offset (imported RoBERTa positions) with language-specific position "
+                             "embeddings (model.separate); expected one of them")
         if self.num_languages and self.languages and self.num_languages != len(self.languages):
             raise ValueError(f"model.num_languages {self.num_languages} but {len(self.languages)} model.languages are "
                              "listed; expected equal")
@@ -332,6 +341,23 @@ class InitConfig(_Strict):
     reinit: list[str] = Field(default_factory=list)  # groups drawn fresh instead of copied (N(0, std), pad row 0)
     std: NonNegFloat = 0.02
     map_embeddings: MapEmbeddingsConfig | None = None  # token embeddings through a word dictionary (the oracle)
+    # a local Hugging Face model folder (BERT / RoBERTa / XLM-R: config.json, weights, tokenizer.json) as the
+    # base instead of from_run: it sets the model's architecture and, unless data.tokenizer.path is set, the
+    # tokenizer (docs/hf.md). `hf:DIR` is accepted wherever a run directory is (from_run, groups_from).
+    from_hf: str | None = None
+
+    @model_validator(mode="after")
+    def _check(self) -> "InitConfig":
+        if self.from_hf is not None and self.from_run is not None:
+            raise ValueError("init.from_hf and init.from_run both name the base model; expected one of them")
+        if self.from_hf is not None and not self.from_hf.strip():
+            raise ValueError("init.from_hf is empty; expected a Hugging Face model folder")
+        return self
+
+    @property
+    def base(self) -> str | None:
+        """Where groups not named in groups_from come from: from_run, or `hf:<from_hf>`."""
+        return self.from_run if self.from_hf is None else f"hf:{self.from_hf}"
 
 
 HF_TASK_KEYS = ("name", "subset", "split", "data_files")
@@ -579,7 +605,7 @@ class Config(_Strict):
             if missing:
                 raise ValueError(f"task.test has no test set for pipeline target(s) {', '.join(missing)}; expected "
                                  "one per target language")
-        if self.init.map_embeddings is not None and not (self.init.map_embeddings.from_run or self.init.from_run):
+        if self.init.map_embeddings is not None and not (self.init.map_embeddings.from_run or self.init.base):
             raise ValueError("init.map_embeddings needs a run to map from; expected init.map_embeddings.from_run or "
                              "init.from_run")
         if (info.context or {}).get("run"):
@@ -593,11 +619,13 @@ class Config(_Strict):
             if self.analysis is not None:
                 lengths.append(("analysis.seq_len" if self.analysis.seq_len else "data.seq_len (analysis)",
                                 self.analysis.seq_len or self.data.seq_len))
+            usable = m.max_positions - m.position_offset
             for key, n in lengths:
-                if n > m.max_positions:
+                if n > usable:
+                    off = f" from row {m.position_offset}" if m.position_offset else ""
                     raise ValueError(f"{key} {n} exceeds model.max_positions {m.max_positions} (positions 0.."
-                                     f"{m.max_positions - 1}, special tokens included); expected at most "
-                                     f"{m.max_positions}")
+                                     f"{m.max_positions - 1}{off}, special tokens included); expected at most "
+                                     f"{usable}")
         return self
 
     def _check_groups(self) -> None:

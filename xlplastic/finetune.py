@@ -26,6 +26,8 @@ from xlplastic.data.sources import resolve_path
 from xlplastic.data.tokenizers import special_tokens
 from xlplastic.data.vocabulary import for_language
 from xlplastic.errors import UserError
+from xlplastic.hf_config import resolve as resolve_hf
+from xlplastic.hf_config import uses_hf
 from xlplastic.loop import Checkpoints, RowLogger, every, restore_or_init, train_loop
 from xlplastic.metrics import MetricsLog, Progress
 from xlplastic.record import check_rerun, write_config
@@ -124,6 +126,7 @@ def run_task(cfg: Config, run_dir: str | Path, *, stage: str = "task_adapt", sto
     task = cfg.task
     if task is None:
         raise UserError("this run has no `task:` section; expected a task to fine-tune or evaluate")
+    cfg = resolve_hf(cfg)  # init.from_hf: the HF model's architecture and tokenizer (hf_config.py)
     run_dir = check_run_dir(run_dir)
     config_text = dump_config(cfg)
     changed = check_rerun(run_dir, config_text, allow_change)
@@ -192,7 +195,8 @@ def run_task(cfg: Config, run_dir: str | Path, *, stage: str = "task_adapt", sto
         return compose_params(cfg.init, params, trainer, seed=tcfg.seed, pad_id=sp.pad, tokenizer_sha=tok_sha,
                               tokenizer=tokenizer, data_dir=dd, log=log)
 
-    state, start, restored = restore_or_init(ckpt, trainer, meta, resume=cfg.checkpoint.resume, fresh_params=fresh)
+    state, start, restored = restore_or_init(ckpt, trainer, meta, resume=cfg.checkpoint.resume, fresh_params=fresh,
+                                             draw=not uses_hf(cfg.init))
     if is_main():
         write_config(run_dir, config_text, changed, start)
 

@@ -213,10 +213,11 @@ def train_loop(trainer, state: dict, *, start: int, total: int, steps_per_call: 
 
 
 def restore_or_init(ckpt: "ckpt_lib.Checkpointer", trainer, meta: dict, *, resume: bool,
-                    fresh_params: Callable[[dict], dict]) -> tuple[dict, int, bool]:
+                    fresh_params: Callable[[dict], dict], draw: bool = True) -> tuple[dict, int, bool]:
     """(state, start step, restored): the newest intact checkpoint of this run if there is one (a
     damaged newer one is set aside with one warning), else a fresh state whose params `fresh_params`
-    may rewrite (assembly from other runs, re-drawn groups)."""
+    may rewrite (assembly from other runs, re-drawn groups). With `draw=False` nothing is drawn first:
+    `fresh_params(None)` makes the parameters (an imported HF model, loaded straight onto the mesh)."""
     if resume:
         abstract = ckpt_lib.abstract_like(jax.eval_shape(trainer.init), trainer.state_shardings)
         found = ckpt.restore_latest(abstract, meta, warn=warn)
@@ -224,6 +225,8 @@ def restore_or_init(ckpt: "ckpt_lib.Checkpointer", trainer, meta: dict, *, resum
             step, state = found
             log(f"resumed from {ckpt.directory / str(step)} (step {step})")
             return state, step, True
+    if not draw:
+        return trainer.init_from(fresh_params(None)), 0, False
     state = trainer.init()
     state["params"] = fresh_params(state["params"])
     return state, 0, False

@@ -265,8 +265,9 @@ class Encoder(nnx.Module):
         cfg = self.cfg
         dt = DTYPES[cfg.dtype]
         T = tokens_BxT.shape[1]
-        if T > cfg.max_positions:
-            raise ValueError(f"sequence length {T} exceeds model.max_positions {cfg.max_positions}")
+        if T + cfg.position_offset > cfg.max_positions:
+            raise ValueError(f"sequence length {T} exceeds model.max_positions {cfg.max_positions}"
+                             + (f" less model.position_offset {cfg.position_offset}" if cfg.position_offset else ""))
         sep = cfg.separate
         if sep.any and lang_B is None:
             raise ValueError("this model has language-specific parameters (model.separate); expected lang_B")
@@ -278,6 +279,10 @@ class Encoder(nnx.Module):
         if sep.position_copies:
             P_LxTxD = jnp.stack([p[:T] for p in self._copies("position_embed")])
             x = x + jnp.take(P_LxTxD, lang_B, axis=0).astype(jnp.float32)
+        elif cfg.position_offset:  # RoBERTa/XLM-R rows: token i reads offset + i, padding reads offset - 1
+            pos_BxT = jnp.where(jnp.arange(T)[None, :] < lengths_B[:, None], cfg.position_offset + jnp.arange(T)[None, :],
+                                cfg.position_offset - 1)
+            x = x + jnp.take(self.position_embed[...], pos_BxT, axis=0).astype(jnp.float32)
         else:
             x = x + self.position_embed[...][:T].astype(jnp.float32)[None]
         if cfg.type_vocab_size:

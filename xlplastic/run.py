@@ -18,6 +18,8 @@ from xlplastic.data.pipeline import StepSampler, build_corpora
 from xlplastic.data.run_tokenizer import prepare_tokenizer
 from xlplastic.data.tokenizers import special_tokens
 from xlplastic.errors import UserError
+from xlplastic.hf_config import resolve as resolve_hf
+from xlplastic.hf_config import uses_hf
 from xlplastic.loop import Checkpoints, Hook, RowLogger, every, restore_or_init, train_loop
 from xlplastic.metrics import MetricsLog, Progress
 from xlplastic.model import num_params
@@ -65,6 +67,7 @@ def run(
     `stop_at` ends the loop early after that step (with a checkpoint), as a preemption would; `devices`
     restricts the mesh to some of the devices (tests compare 1 and 8 devices in one process).
     """
+    cfg = resolve_hf(cfg)  # init.from_hf: the HF model's architecture and tokenizer (hf_config.py)
     run_dir = check_run_dir(run_dir)
     config_text = dump_config(cfg)
     changed = check_rerun(run_dir, config_text, allow_change)
@@ -117,14 +120,15 @@ def run(
 
     def fresh(params):
         icfg = cfg.init
-        if not (icfg.from_run or icfg.groups_from or icfg.reinit or icfg.map_embeddings):
+        if not (icfg.base or icfg.groups_from or icfg.reinit or icfg.map_embeddings):
             return params
         from xlplastic.assemble import compose_params
 
         return compose_params(icfg, params, trainer, seed=tcfg.seed, pad_id=specials.pad, tokenizer_sha=tok_sha,
                               tokenizer=tokenizer, data_dir=cfg.data.data_dir, log=log)
 
-    state, start, restored = restore_or_init(ckpt, trainer, meta, resume=cfg.checkpoint.resume, fresh_params=fresh)
+    state, start, restored = restore_or_init(ckpt, trainer, meta, resume=cfg.checkpoint.resume, fresh_params=fresh,
+                                             draw=not uses_hf(cfg.init))
     if is_main():  # only once the run is known to fit this folder: a refused resume keeps the old config.yaml
         write_config(run_dir, config_text, changed, start)
     n_params = num_params(state["params"])

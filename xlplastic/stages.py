@@ -26,6 +26,8 @@ from xlplastic.assemble import run_tokenizer_path
 from xlplastic.config import Config, dump_config, validate_partials
 from xlplastic.errors import UserError
 from xlplastic.forgetting import reset_steps
+from xlplastic.hf_config import hf_dir
+from xlplastic.hf_config import read_config as read_hf_config
 from xlplastic.record import check_rerun
 from xlplastic.run import RunResult
 from xlplastic.runtime import barrier, is_main, log, write_json
@@ -134,8 +136,18 @@ class _Sweep:
         return f"{target.language}-{budget}" + (f"-d{draw}" if self.pcfg.draws > 1 else "")
 
     def pretrain_dir(self, m: str, seed: int) -> Path:
+        """The pretrained model: this sweep's pretraining run, or `pipeline.pretrained[m]` (a run, or `hf:DIR`)."""
         p = self.pcfg.pretrained
+        if m in p and (d := hf_dir(p[m])) is not None:
+            return Path(f"hf:{d.resolve()}")
         return Path(p[m]).resolve() if m in p else self.run_dir / "pretrain" / self.tag(m, seed)
+
+    def hf_base(self, m: str) -> Path | None:
+        """The HF model a variant starts from: `pipeline.pretrained[m]: hf:DIR` or its `init.from_hf`."""
+        src = self.pcfg.pretrained.get(m)
+        if src is not None:
+            return hf_dir(src)
+        return hf_dir(f"hf:{d}") if (d := (self.pcfg.models[m].get("init") or {}).get("from_hf")) else None
 
     def task_dir(self, m: str, seed: int) -> Path:
         return self.run_dir / "task_adapt" / self.tag(m, seed)
@@ -158,6 +170,8 @@ class _Sweep:
         only its architecture (`model:`), so every variant is adapted and evaluated identically."""
         m_pre = self.pcfg.models[m]
         m_over = (f"pipeline.models.{m}", {k: v for k, v in m_pre.items() if k == "model"})
+        if (d := self.hf_base(m)) is not None:  # an HF model's architecture, in every stage after pretraining
+            m_over = (m_over[0], {"model": {**m_over[1].get("model", {}), **read_hf_config(d).model_fields(vocab=False)}})
         return (f"pipeline.models.{m}", m_pre), m_over, {"name": m, "train": {"seed": seed}}
 
     def pretrain(self, m: str, seed: int) -> Config:
@@ -170,6 +184,8 @@ class _Sweep:
         p_dir = self.pretrain_dir(m, seed)
         task_over = {"init": {"from_run": str(p_dir)}, "data": {"tokenizer": {"path": str(run_tokenizer_path(p_dir))}},
                      "train": {"trainable": self.task_trainable}}
+        if (d := self.hf_base(m)) is not None:  # the HF model's tokenizer: its embedding rows (maybe padded)
+            task_over["model"] = {"vocab_size": read_hf_config(d).vocab_size}
         return _stage_config(_with_tests(self.base, self.source_tests), m_over, _OFF, task_over,
                              ("pipeline.task_adapt", self.pcfg.task_adapt), common,
                              source=f"pipeline task_adapt {self.tag(m, seed)}")

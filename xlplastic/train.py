@@ -16,12 +16,13 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 from flax import nnx
+from flax.traverse_util import unflatten_dict
 from jax.sharding import Mesh
 
 from xlplastic import model as model_lib
 from xlplastic.config import Config
 from xlplastic.errors import UserError
-from xlplastic.groups import base_group, label_params
+from xlplastic.groups import base_group, label_params, path_str
 from xlplastic.masking import mask_tokens
 from xlplastic.forgetting import is_reset, make_reset
 from xlplastic.optim import make_group_lrs, make_optimizer, trainable_groups
@@ -69,6 +70,8 @@ class Trainer:
     labels: dict
     state_shardings: dict
     init: Callable[[], dict]
+    init_from: Callable[[dict], dict]  # a fresh state around given params (step 0, new optimizer state)
+    init_params: Callable[[frozenset], dict]  # only these leaves (path strings) of a fresh draw, as init() draws them
     step: Callable[[dict, dict], tuple[dict, dict]]
     steps: Callable[[dict, dict], tuple[dict, dict]]  # several steps per call: batches [K, B, ...] -> metrics [K]
     eval_step: Callable[[dict, dict], dict]
@@ -274,15 +277,31 @@ def build_trainer(
     def merge(params):
         return model_lib.merge(graphdef, abstract_state, {k: params[k] for k in encoder_keys})
 
-    def init_state():
+    def draw_params():
         m = model_lib.create(mcfg, vocab_size, tcfg.seed)
         params = nnx.to_pure_dict(nnx.state(m, nnx.Param))
         if objective.extra_params is not None:
             params = {**params, **objective.extra_params()}
-        params = jax.lax.with_sharding_constraint(params, param_shardings)
+        return params
+
+    def init_state():
+        params = jax.lax.with_sharding_constraint(draw_params(), param_shardings)
         return {"step": jnp.zeros((), jnp.int32), "params": params, "opt_state": tx.init(params)}
 
     init = jax.jit(init_state, out_shardings=state_shardings)
+    init_from = jax.jit(lambda params: {"step": jnp.zeros((), jnp.int32), "params": params, "opt_state": tx.init(params)},
+                        in_shardings=(param_shardings,), out_shardings=state_shardings, donate_argnums=(0,))
+
+    def init_params(keys: frozenset) -> dict:
+        """The leaves `keys` of init()'s draw, drawn alone: XLA drops the rest of the program, so parameters
+        that come from elsewhere (an imported HF model) are never drawn just to be replaced."""
+        flat_sh = {path_str(p): s for p, s in jax.tree_util.tree_leaves_with_path(param_shardings)}
+
+        def subset(tree):
+            return {k: v for k, v in ((path_str(p), x) for p, x in jax.tree_util.tree_leaves_with_path(tree)) if k in keys}
+
+        out = jax.jit(lambda: subset(draw_params()), out_shardings={k: flat_sh[k] for k in keys})()
+        return unflatten_dict(out, sep="/")
 
     train_step = make_train_step(objective, merge, tx, labels, trainable, group_lrs, base_key, accum=tcfg.grad_accum,
                                  mesh=mesh, rules=rules, reset=maybe_reset,
@@ -332,6 +351,8 @@ def build_trainer(
         labels=labels,
         state_shardings=state_shardings,
         init=init,
+        init_from=init_from,
+        init_params=init_params,
         step=step_fn,
         steps=steps_fn,
         eval_step=eval_fn,

@@ -32,6 +32,7 @@ from xlplastic.config import Config, MeshConfig, load_config
 from xlplastic.data.tokenizers import SpecialTokens, special_tokens
 from xlplastic.data.vocabulary import for_language
 from xlplastic.errors import UserError
+from xlplastic.hf_config import hf_dir
 from xlplastic.sharding import activation_rules, batch_sharding, make_mesh, replicated, tree_shardings
 
 
@@ -74,9 +75,16 @@ class LoadedModel:
 
 def load_model(run_dir: str | Path, *, name: str | None = None, devices: Sequence | None = None,
                mesh: MeshConfig | None = None) -> LoadedModel:
-    """The encoder of `run_dir` (its config.yaml, tokenizer and latest checkpoint); task heads are ignored."""
+    """The encoder of `run_dir` (its config.yaml, tokenizer and latest checkpoint); task heads are ignored.
+    `hf:DIR` is a Hugging Face model folder instead (hf.load_hf: its weights read straight onto the mesh)."""
     from xlplastic.data.run_tokenizer import prepare_tokenizer
 
+    if (d := hf_dir(run_dir)) is not None:
+        from xlplastic.hf import load_hf
+
+        m = load_hf(d, mesh or MeshConfig(data=-1), devices=devices)
+        return LoadedModel(name or m.name, m.path, m.config, 0, m.tokenizer, m.specials, m.params, m.mesh, m.merge,
+                           param_shardings=m.param_shardings)
     run_dir = Path(run_dir).expanduser().resolve()
     cfg_path = run_dir / "config.yaml"
     if not cfg_path.is_file():
@@ -251,7 +259,7 @@ def prepare_sentences(model: LoadedModel, sentences: Sequence[str], language: st
                       seq_len: int | None = None) -> list[tuple[int, dict[str, jax.Array]]]:
     """Tokenised sentences as device batches: [(number of real rows, {tokens, lang, word_of})]; the last
     batch is padded with copies of the last sentence. Placed once, pooled as often as needed."""
-    seq_len = seq_len or min(model.cfg.data.seq_len, model.cfg.model.max_positions)
+    seq_len = seq_len or min(model.cfg.data.seq_len, model.cfg.model.max_positions - model.cfg.model.position_offset)
     wb = encode_words(model.tokenizer_for(language), model.specials, [s.split() for s in sentences], seq_len)
     lang = np.full(len(sentences), model.language_id(language), np.int32)
     out = []
@@ -292,7 +300,7 @@ def words_in_context(model: LoadedModel, sentences: Sequence[Sequence[str]], lan
                      ) -> tuple[list[np.ndarray], list[list[str]]]:
     """Per sentence, float32 [L, n_words, D] (subwords averaged per word) and the words kept."""
     layers = check_layers(model, layers)
-    seq_len = seq_len or min(model.cfg.data.seq_len, model.cfg.model.max_positions)
+    seq_len = seq_len or min(model.cfg.data.seq_len, model.cfg.model.max_positions - model.cfg.model.position_offset)
     wb = encode_words(model.tokenizer_for(language), model.specials, sentences, seq_len)
     lang = np.full(len(sentences), model.language_id(language), np.int32)
     W = max(1, max((len(w) for w in wb.words), default=1))
@@ -313,7 +321,7 @@ def word_type_vectors(model: LoadedModel, sentences: Sequence[str], language: st
     """In-context vectors of word types averaged over their occurrences in `sentences`, for the words
     of `vocabulary` that occur: (words found, float32 [L, n_found, D]). Accumulated on device."""
     layers = check_layers(model, layers)
-    seq_len = seq_len or min(model.cfg.data.seq_len, model.cfg.model.max_positions)
+    seq_len = seq_len or min(model.cfg.data.seq_len, model.cfg.model.max_positions - model.cfg.model.position_offset)
     slot = {w: i for i, w in enumerate(dict.fromkeys(vocabulary))}
     split = [s.split() for s in sentences]
     wb = encode_words(model.tokenizer_for(language), model.specials, split, seq_len)

@@ -20,7 +20,12 @@ def read_tokenizer_json(path: str | Path) -> Tokenizer:
     if not p.is_file():
         raise UserError(f"{p}: tokenizer file not found; expected a tokenizer.json from the `tokenizers` library")
     try:
-        return Tokenizer.from_file(str(p))
+        tok = Tokenizer.from_file(str(p))
     except Exception as e:  # the Rust side raises a generic Exception for any parse problem
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise UserError(f"{p}: not a valid tokenizer.json ({first})") from None
+    # Hugging Face model folders often save padding / truncation settings (e.g. pad everything to 128):
+    # xlplastic pads and cuts rows itself, so a loaded tokenizer encodes text to its pieces only.
+    tok.no_padding()
+    tok.no_truncation()
+    return tok
