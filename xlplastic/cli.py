@@ -1,4 +1,5 @@
-"""`xlplastic run CONFIG.yaml [--set key=value ...] [--run-dir DIR]` and `xlplastic bench ...`.
+"""`xlplastic run CONFIG.yaml [--set key=value ...] [--run-dir DIR]`, `xlplastic analyze RUN|hf:DIR ...`,
+`xlplastic export RUN --hf DIR` and `xlplastic bench ...`.
 
 User errors (bad config, data, checkpoint, NaN loss) print one line `xlplastic: error: ...` and exit 2.
 """
@@ -143,13 +144,27 @@ def _cmd_analyze(args) -> int:
     if len(names) > len(args.runs):
         raise UserError(f"{len(names)} --name values for {len(args.runs)} run(s); expected at most one per run")
     models = [reps.load_model(r, name=names[i] if i < len(names) else None) for i, r in enumerate(args.runs)]
-    source = Path(args.config) if args.config else models[0].run_dir / "config.yaml"
-    cfg = load_config(source, args.set)
+    if args.config or not str(args.runs[0]).startswith("hf:"):
+        source = Path(args.config) if args.config else models[0].run_dir / "config.yaml"
+        cfg = load_config(source, args.set)
+    else:  # an HF model has no config.yaml: the analysis section comes from --set alone
+        from xlplastic.config import apply_overrides, validate
+
+        cfg = validate(apply_overrides({}, args.set), source="--set", run=True)
     acfg = analysis_section(cfg)
     data_dir = cfg.data.data_dir or models[0].cfg.data.data_dir
     out = Path(args.run_dir) if args.run_dir else Path("runs") / ("analysis-" + "-".join(m.name for m in models))
     analyze(models, acfg, out, data_dir)
     print(f"analysis: results in {out / 'results.json'}, report in {out / 'report.md'}", flush=True)
+    return 0
+
+
+def _cmd_export(args) -> int:
+    """A run's encoder (or an hf:DIR model) as a Hugging Face ...ForMaskedLM folder (docs/hf.md)."""
+    from xlplastic.hf_export import export_run
+
+    _compilation_cache()
+    export_run(args.run, args.hf, args.arch)
     return 0
 
 
@@ -176,6 +191,14 @@ def _cmd_bench(args) -> int:
         return e.code if isinstance(e.code, int) else (0 if e.code is None else 2)
 
 
+def _cmd_plan(args) -> int:
+    """AOT-compile the config's steps for a TPU topology on this host: memory, FLOPs, roofline (docs/plan.md)."""
+    from xlplastic.plan import run_plan
+
+    return run_plan(args.config, args.topology, slices=args.slices, overrides=args.set, json_path=args.json,
+                    with_eval=not args.no_eval, hbm_gib=args.hbm_gib)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="xlplastic", description="Masked-LM pretraining for cross-lingual plasticity research")
     sub = p.add_subparsers(dest="command", required=True)
@@ -199,12 +222,21 @@ def build_parser() -> argparse.ArgumentParser:
                    "(with --coordinator and --num-processes); env XLPLASTIC_PROCESS_ID")
     r.set_defaults(fn=_cmd_run)
     a = sub.add_parser("analyze", help="cross-lingual structure of one or two checkpoints: CKA, retrieval, word translation")
-    a.add_argument("runs", nargs="+", metavar="RUN", help="run directories (their latest checkpoint); two = compare models")
-    a.add_argument("--config", help="YAML with an `analysis:` section (default: the first run's config.yaml)")
+    a.add_argument("runs", nargs="+", metavar="RUN", help="run directories (their latest checkpoint) or hf:DIR (a Hugging "
+                   "Face BERT/RoBERTa/XLM-R folder); two = compare models")
+    a.add_argument("--config", help="YAML with an `analysis:` section (default: the first run's config.yaml; for hf:DIR, "
+                   "only the --set keys)")
     a.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override, e.g. analysis.layers=[0,4]")
     a.add_argument("--name", action="append", help="a model's name in the results (once per run)")
     a.add_argument("--run-dir", help="output folder for results.json, figures and report.md")
     a.set_defaults(fn=_cmd_analyze)
+    e = sub.add_parser("export", help="a run's encoder as a Hugging Face ...ForMaskedLM folder (config.json, "
+                       "model.safetensors, tokenizer)")
+    e.add_argument("run", metavar="RUN", help="run directory (its latest checkpoint), or hf:DIR")
+    e.add_argument("--hf", required=True, metavar="DIR", help="output folder")
+    e.add_argument("--arch", choices=["bert", "roberta", "xlm-roberta"],
+                   help="HF architecture (default: roberta for <s>-style tokenizers and imported RoBERTa, else bert)")
+    e.set_defaults(fn=_cmd_export)
     b = sub.add_parser(
         "bench",
         help="benchmarks: `train` (tokens/s vs HF PyTorch), `memory` (FSDP per-device state bytes), "
@@ -218,6 +250,19 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("what", nargs="?", choices=list(BENCHMARKS), help="which benchmark")
     b.add_argument("--json", metavar="PATH", help="write the figures to this JSON file (checked before the run)")
     b.set_defaults(fn=_cmd_bench, parser=b)
+    pl = sub.add_parser("plan", help="will a config fit a TPU slice? compile its steps for the topology on this host "
+                        "(per-chip memory, FLOPs, roofline step time and MFU, parameter shardings); exit 3 if it does not fit")
+    pl.add_argument("config", help="YAML config (may use `base:` inheritance)")
+    pl.add_argument("--topology", required=True, metavar="NAME",
+                    help="TPU slice as MaxText names it: v5e-32, v5e-256, v5p-128 (TensorCores: 64 chips), v4-8, v6e-64; "
+                    "or cpu-N (N host CPU devices, no libtpu needed)")
+    pl.add_argument("--slices", type=int, default=1, metavar="N", help="N slices joined over DCN (the data axis spans them)")
+    pl.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key, e.g. train.batch_size=512")
+    pl.add_argument("--json", metavar="PATH", help="also write the plan to this JSON file")
+    pl.add_argument("--no-eval", action="store_true", help="compile only the train step (not the eval step)")
+    pl.add_argument("--hbm-gib", type=float, metavar="GIB",
+                    help="memory per device to fit in (default: the chip's HBM; for cpu-N, host RAM / N)")
+    pl.set_defaults(fn=_cmd_plan)
     return p
 
 
