@@ -21,13 +21,27 @@ pytestmark = pytest.mark.slow
 STEPS = 30  # configs/tiny.yaml as is: checkpoints every 10 steps, keep 2
 
 
-def _launch(tmp_path, env, run_dir, name):
+def _launch(tmp_path, env, run_dir, name, config=TINY, flags=QUIET):
     port = free_port()
     return [
-        Background(run_cmd(TINY, run_dir, *QUIET, "--coordinator", f"localhost:{port}", "--num-processes", "2",
+        Background(run_cmd(config, run_dir, *flags, "--coordinator", f"localhost:{port}", "--num-processes", "2",
                            "--process-id", str(i)), env, tmp_path / "logs", f"{name}-{i}")
         for i in range(2)
     ]
+
+
+def _preempt_one_of_two(procs, run_dir, after_rows=12):
+    """SIGTERM to process 1 only, while process 0 is frozen mid-run (so the run cannot finish first)."""
+    try:
+        wait_until(lambda: len(train_rows(run_dir)) >= after_rows, procs[0].proc, 180, f"step {after_rows}")
+        procs[0].proc.send_signal(signal.SIGSTOP)
+        procs[1].proc.send_signal(signal.SIGTERM)
+        time.sleep(0.5)
+        procs[0].proc.send_signal(signal.SIGCONT)
+    except BaseException:
+        for p in procs:
+            p.kill()
+        raise
 
 
 def _wait_all(procs, timeout=240):
@@ -49,18 +63,9 @@ def test_two_processes_preempt_resume_and_agree_with_one(tmp_path_factory, tmp_p
     assert len(ref) == STEPS
     d = tmp_path / "run"
 
-    # 1) SIGTERM to process 1 only, while process 0 is frozen mid-run (so the run cannot finish first).
+    # 1) A preemption notice to process 1 only, after step 12.
     procs = _launch(tmp_path, env, d, "first")
-    try:
-        wait_until(lambda: len(train_rows(d)) >= 12, procs[0].proc, 180, "step 12")
-        procs[0].proc.send_signal(signal.SIGSTOP)
-        procs[1].proc.send_signal(signal.SIGTERM)
-        time.sleep(0.5)
-        procs[0].proc.send_signal(signal.SIGCONT)
-    except BaseException:
-        for p in procs:
-            p.kill()
-        raise
+    _preempt_one_of_two(procs, d)
     outs = _wait_all(procs)
     for i, o in enumerate(outs):
         assert o.returncode == 143, f"process {i} exit {o.returncode}:\n{o.stdout[-2000:]}\n{o.stderr[-4000:]}"
@@ -125,22 +130,8 @@ def test_two_process_task_run_stops_at_the_agreed_step(tmp_path_factory, tmp_pat
 
     d = tmp_path / "two"
 
-    def launch(name):
-        port = free_port()
-        return [Background(run_cmd(cfg, d, "--coordinator", f"localhost:{port}", "--num-processes", "2",
-                                   "--process-id", str(i)), env, tmp_path / "logs", f"{name}-{i}") for i in range(2)]
-
-    procs = launch("first")
-    try:
-        wait_until(lambda: len(train_rows(d)) >= 12, procs[0].proc, 180, "step 12")
-        procs[0].proc.send_signal(signal.SIGSTOP)
-        procs[1].proc.send_signal(signal.SIGTERM)
-        time.sleep(0.5)
-        procs[0].proc.send_signal(signal.SIGCONT)
-    except BaseException:
-        for p in procs:
-            p.kill()
-        raise
+    procs = _launch(tmp_path, env, d, "first", cfg, flags=())
+    _preempt_one_of_two(procs, d)
     outs = _wait_all(procs, timeout=180)
     for i, o in enumerate(outs):
         assert o.returncode == 143, f"process {i} exit {o.returncode}:\n{o.stdout[-2000:]}\n{o.stderr[-4000:]}"
@@ -149,7 +140,7 @@ def test_two_process_task_run_stops_at_the_agreed_step(tmp_path_factory, tmp_pat
     state = d / "checkpoints" / str(steps[-1]) / "state"
     assert (state / "ocdbt.process_0").is_dir() and (state / "ocdbt.process_1").is_dir()  # both wrote it
 
-    outs = _wait_all(launch("resumed"), timeout=180)
+    outs = _wait_all(_launch(tmp_path, env, d, "resumed", cfg, flags=()), timeout=180)
     for i, o in enumerate(outs):
         assert o.returncode == 0, f"process {i}:\n{o.stdout[-2000:]}\n{o.stderr[-4000:]}"
     rows = train_rows(d)

@@ -702,9 +702,6 @@ def deep_merge(base: dict, over: dict) -> dict:
     return out
 
 
-_deep_merge = deep_merge  # the old name
-
-
 def load_raw(path: str | Path, _seen: tuple[Path, ...] = ()) -> dict[str, Any]:
     """Reads a YAML config and its `base:` chain (paths relative to the including file)."""
     path = Path(path).resolve()
