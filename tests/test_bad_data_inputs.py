@@ -1,4 +1,4 @@
-"""Bad data, files, checkpoints and run folders through `xlplastic.cli.main`, in-process (no JAX start-up
+"""Bad data, files, mesh and compiler options, checkpoints and run folders through `xlplastic.cli.main`, in-process (no JAX start-up
 per case): each case is exit 2, exactly one stderr line `xlplastic: error: ...` naming the file or key,
 and nothing written or changed: a new run folder is not left behind, an existing one is byte-identical.
 (Config and CLI mistakes are in test_bad_inputs.py; faults during a run in test_checkpoint_faults.py.)"""
@@ -72,9 +72,10 @@ def _run(cfg: Path, run_dir: Path, *args: str) -> int:
 
 CORPUS_CASES = {
     "missing": ("absent.txt", None, "text", "", ["absent.txt"]),
-    "empty": ("empty.txt", b"", "text", "", ["empty.txt", "no non-empty text"]),
-    "blank_lines": ("blank.txt", b"\n  \n\t\n", "text", "", ["blank.txt", "no non-empty text"]),
-    "not_utf8": ("latin1.txt", "fine\n".encode() + "caf\u00e9\n".encode("latin-1"), "text", "", ["latin1.txt:2:", "UTF-8"]),
+    "empty": ("empty.txt", b"", "text", "", ["corpus `xx`", "empty.txt", "no non-empty text"]),
+    "blank_lines": ("blank.txt", b"\n   \n\t\n", "text", "", ["corpus `xx`", "blank.txt", "no non-empty text"]),
+    "not_utf8": ("latin1.txt", "the first line is fine\n".encode() + "caf\u00e9 au lait\n".encode("latin-1"), "text", "",
+                 ["latin1.txt:2:", "not UTF-8", "0xe9", "expected UTF-8"]),
     "jsonl_malformed": ("c.jsonl", b'{"text": "a b"}\n{"text": \n', "jsonl", "", ["c.jsonl:2"]),
     "jsonl_not_object": ("c.jsonl", b'{"text": "a b"}\n[1, 2]\n', "jsonl", "", ["c.jsonl:2"]),
     "jsonl_no_text_field": ("c.jsonl", b'{"body": "a b"}\n', "jsonl", "", ["c.jsonl"]),
@@ -121,6 +122,8 @@ TASK_CASES = {
                         "2\tw\tw\tNOUN\t_\t_\t0\troot\t_\t_\n\n", ["bad.conllu:1", "out of order"]),
     "tsv_header": ("classification", "bad.tsv", "bad.tsv", "a\tb\n1\t2\n", ["bad.tsv:1", "header"]),
     "tsv_row_columns": ("classification", "bad.tsv", "bad.tsv", "premise\thypo\tlabel\nx\ty\n", ["bad.tsv"]),
+    "tsv_too_many_columns": ("classification", "bad.tsv", "bad.tsv", "label\ttext\na\tfine line\nb\tone\ttoo many\n",
+                             ["bad.tsv:3"]),
     "tsv_empty_label": ("classification", "bad.tsv", "bad.tsv", "premise\thypo\tlabel\nx\ty\t\n", ["bad.tsv:2", "empty label"]),
     "bio_not_iob2": ("ner", "bad.bio", "bad.bio", "word X-PER\n\n", ["bad.bio:1", "IOB2"]),
     "squad_not_json": ("qa", "bad.json", "bad.json", "{\"data\": [", ["bad.json"]),
@@ -144,10 +147,33 @@ def test_bad_task_file(lab, tmp_path, capsys, case):
     assert _tree(work) == before
 
 
+def test_test_label_missing_from_training(tmp_path, capsys):
+    _write(tmp_path / "train.tsv", "label\ttext\na\tone line\nb\tanother line\n")
+    _write(tmp_path / "test.tsv", "label\ttext\na\tone line\nzebra\tunseen label\n")
+    cfg = _write(tmp_path / "t.yaml", f"base: {TINY}\ndata:\n  data_dir: {tmp_path}\n"
+                                      "task: {name: t, kind: classification, train: train.tsv, test: {xx: test.tsv}, seq_len: 32}\n")
+    _one_line(capsys, _run(cfg, tmp_path / "run"), "test.tsv", "zebra", "training data")
+    assert not (tmp_path / "run").exists()
+
+
 def test_eval_only_without_a_model_to_score(lab, tmp_path, capsys):
     cfg = _task_cfg(tmp_path, lab, "syn.pos.train.conllu", "syn.pos.test.conllu")
     code = cli.main(["run", str(cfg), "--run-dir", str(tmp_path / "run"), "--set", "train.steps=0"])
     _one_line(capsys, code, "train.steps=0", "init.from_run")
+    assert not (tmp_path / "run").exists()
+
+
+# ---- mesh and compiler options (after JAX starts, before anything compiles)
+
+
+@pytest.mark.parametrize("sets, needles", [
+    (["train.batch_size=6", "mesh.data=2", "mesh.fsdp=2", "mesh.tensor=2"],
+     ["train.batch_size 6", "data*fsdp = 4", "expected a multiple of 4"]),
+    (["train.compiler_options={xla_cpu_use_onednnn: true}"],
+     ["train.compiler_options", "xla_cpu_use_onednnn", "expected XLA DebugOptions"]),
+], ids=["batch-not-divisible-by-data-times-fsdp", "unknown-compiler-option"])
+def test_bad_mesh_or_compiler_option(tmp_path, capsys, sets, needles):
+    _one_line(capsys, _run(TINY, tmp_path / "run", *[a for s in sets for a in ("--set", s)]), *needles)
     assert not (tmp_path / "run").exists()
 
 

@@ -61,6 +61,10 @@ def _sets(*items: str) -> list[str]:
     return [a for item in items for a in ("--set", item)]
 
 
+def _tiny(tmp: Path) -> Path:
+    return REPO / "configs" / "tiny.yaml"
+
+
 def _missing(tmp: Path) -> Path:
     return tmp / "nope.yaml"
 
@@ -88,7 +92,7 @@ def _missing_base(tmp: Path) -> Path:
 
 CASES = [
     # --- the file itself ------------------------------------------------------------------------------
-    Case("malformed-yaml", ["malformed YAML", "bad.yaml:"], text="name: x\ntrain:\n  steps: [1, 2\n"),
+    Case("malformed-yaml", ["malformed YAML", "bad.yaml:4:"], text="name: x\ntrain:\n  steps: [1, 2\n"),
     Case("yaml-tab-indent", ["malformed YAML", "bad.yaml"], text="train:\n\tsteps: 3\n"),
     Case("yaml-duplicate-key", ["duplicate key `train`", "bad.yaml:3"], text="train: {steps: 2}\nname: x\ntrain: {seed: 1}\n"),
     Case("empty-file", ["bad.yaml", "empty config file"], text=""),
@@ -131,6 +135,7 @@ CASES = [
     # --- wrong types ------------------------------------------------------------------------------------
     Case("int-got-str", ["`train.steps`", "valid integer", "'many'"], {"train": {"steps": "many"}}),
     Case("int-got-float", ["`train.batch_size`", "valid integer", "8.5"], {"train": {"batch_size": 8.5}}),
+    Case("int-got-quoted-int", ["bad.yaml", "`train.batch_size`", "valid integer"], {"train": {"batch_size": "8"}}),
     Case("bool-got-str", ["`train.progress`", "valid boolean"], {"train": {"progress": "yes"}}),
     Case("literal", ["`model.norm`", "'post' or 'pre'", "'middle'"], {"model": {"norm": "middle"}}),
     Case("list-got-str", ["`train.trainable`", "valid list"], {"train": {"trainable": "body"}}),
@@ -190,13 +195,25 @@ CASES = [
          args=_sets("data.corpora.x.kind=text")),
     Case("set-unknown-key", ["--set train.stpes=3", "unknown config key `train.stpes`", "did you mean `train.steps`?"],
          args=_sets("train.stpes=3")),
-    Case("set-bad-value", ["--set train.steps=abc", "`train.steps`", "valid integer"], args=_sets("train.steps=abc")),
+    Case("set-bad-value", ["--set train.steps=abc", "bad value for `train.steps`", "valid integer", "'abc'"],
+         args=_sets("train.steps=abc")),
     Case("set-under-a-value", ["--set train.steps.deep=3", "`train.steps`"], args=_sets("train.steps.deep=3")),
     Case("set-out-of-range", ["--set checkpoint.keep=0", "`checkpoint.keep`"], args=_sets("train.seed=1", "checkpoint.keep=0")),
     Case("set-cross-field", ["--set model.num_heads=3", "model.hidden_size 64", "model.num_heads 3"],
          args=_sets("train.seed=1", "model.num_heads=3")),
     Case("set-seq-len-past-positions", ["--set data.seq_len=100", "data.seq_len 100 exceeds model.max_positions 64"],
          args=_sets("data.seq_len=100")),
+    # the --set mistakes test_errors.py once ran as subprocesses, on configs/tiny.yaml as there
+    Case("set-unknown-model-key", ["`model.hidden_sise`", "did you mean `model.hidden_size`?"],
+         setup=_tiny, args=_sets("model.hidden_sise=32")),
+    Case("set-unknown-section", ["unknown config key `trian`", "did you mean `train`?"], setup=_tiny, args=_sets("trian.steps=3")),
+    Case("set-unknown-key-in-list", ["`data.corpora.0.kindd`", "did you mean `data.corpora.0.kind`?"],
+         setup=_tiny, args=_sets("data.corpora=[{language: a, kindd: text}]")),
+    Case("set-int-got-float", ["bad value for `train.batch_size`", "valid integer", "8.5"],
+         setup=_tiny, args=_sets("train.batch_size=8.5")),
+    Case("set-float-got-str", ["bad value for `train.optimizer.lr`", "valid number", "'fast'"],
+         setup=_tiny, args=_sets("train.optimizer.lr=fast")),
+    Case("set-literal", ["bad value for `model.norm`", "'post' or 'pre'", "'middle'"], setup=_tiny, args=_sets("model.norm=middle")),
     # --- keys that must agree -----------------------------------------------------------------------------
     Case("hidden-not-divisible", ["bad.yaml", "model.hidden_size 64", "model.num_heads 3"], {"model": {"num_heads": 3}}),
     Case("seq-len-past-positions", ["bad.yaml", "data.seq_len 65", "model.max_positions 64"], {"data": {"seq_len": 65}}),
