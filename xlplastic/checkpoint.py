@@ -20,9 +20,12 @@ from pathlib import Path
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import orbax.checkpoint as ocp
+from flax.traverse_util import unflatten_dict
 
 from xlplastic.errors import UserError
+from xlplastic.layout import layout_of, stack_map
 
 # Model fields that change parameter shapes: a checkpoint must agree on all of them.
 SHAPE_KEYS = ("hidden_size", "num_layers", "num_heads", "mlp_dim", "max_positions", "type_vocab_size", "num_languages", "norm",
@@ -351,6 +354,8 @@ def load_params(run: str | Path, abstract_params: dict, take) -> tuple[dict, dic
     `take(path, shape_here, shape_there)` decides per leaf: True restores it; False leaves it out (the
     caller keeps its own fresh value). Returns (restored leaves as a nested dict, {path: shape there}).
     Only the chosen leaves are read, so a task head or a new vocabulary does not need the whole state.
+    A checkpoint of the other layer layout (`model.scan_layers`) is converted: layers are stacked or
+    unstacked on the way (layout.py), so shapes and paths are compared in this model's layout.
     """
     state_dir, _ = latest_state_dir(run)
     try:
@@ -358,25 +363,101 @@ def load_params(run: str | Path, abstract_params: dict, take) -> tuple[dict, dic
         there = getattr(there, "tree", there)["params"]
     except Exception as e:  # noqa: BLE001
         raise UserError(f"{state_dir}: checkpoint is unreadable ({type(e).__name__}); expected an xlplastic checkpoint") from None
-    flat_there = {"/".join(map(str, k)): v.shape for k, v in _flatten_dict(there).items()}
-    chosen: dict = {}
-    for path, x in _flatten_dict(abstract_params).items():
-        key = "/".join(map(str, path))
-        if take(key, x.shape, flat_there.get(key)):
-            node = chosen
-            for p in path[:-1]:
-                node = node.setdefault(p, {})
-            node[path[-1]] = x
+    flat_there = {"/".join(map(str, k)): tuple(v.shape) for k, v in _flatten_dict(there).items()}
+    flat_here = {"/".join(map(str, k)): v for k, v in _flatten_dict(abstract_params).items()}
+    read, assemble = _layout_bridge(flat_here, flat_there)
+    chosen: dict[str, Any] = {}
+    for key, x in flat_here.items():
+        if take(key, tuple(x.shape), read.shape(key)):
+            chosen.update(read.items(key, x))
     if not chosen:
-        return {}, flat_there
-    item = {"params": chosen}
+        return {}, read.shapes_here()
+    item = {"params": unflatten_dict(chosen, sep="/")}
     restored = ocp.PyTreeCheckpointer().restore(
         state_dir,
         args=ocp.args.PyTreeRestore(
             item=item, restore_args=ocp.checkpoint_utils.construct_restore_args(item), partial_restore=True
         ),
     )
-    return restored["params"], flat_there
+    got = {"/".join(map(str, k)): v for k, v in _flatten_dict(restored["params"]).items()}
+    out = assemble(got, {k: x for k, x in flat_here.items() if read.covered(k, got)})
+    return unflatten_dict(out, sep="/"), read.shapes_here()
+
+
+class _LayoutView:
+    """The checkpoint's leaves as seen from this model's layout: per key here, its shape there and the
+    leaves to read (with the shardings to read them onto)."""
+
+    def __init__(self, flat_there: dict[str, tuple], parts: dict[str, list[str]], mode: str):
+        self.there, self.parts, self.mode = flat_there, parts, mode  # mode: same | stack | unstack
+        self.stack_of = {p: (s, j) for s, ps in parts.items() for j, p in enumerate(ps)}
+
+    def shape(self, key: str) -> tuple | None:
+        if self.mode == "stack" and key in self.parts:
+            ps = self.parts[key]
+            return (len(ps), *self.there[ps[0]])
+        if self.mode == "unstack" and key in self.stack_of:
+            s, j = self.stack_of[key]
+            return self.there[s][1:] if self.there[s][0] > j else None
+        return self.there.get(key)
+
+    def shapes_here(self) -> dict[str, tuple]:
+        keys = set(self.there) - set(self.stack_of if self.mode == "stack" else self.parts) | set(
+            self.parts if self.mode == "stack" else self.stack_of)
+        return {k: s for k in keys if (s := self.shape(k)) is not None}
+
+    def items(self, key: str, x) -> dict:
+        """What to restore for leaf `key` of this model (abstract `x`), in the checkpoint's names."""
+        sh = getattr(x, "sharding", None)
+        if self.mode == "stack" and key in self.parts:
+            one = _sub_sharding(sh, drop=True)
+            return {p: jax.ShapeDtypeStruct(x.shape[1:], x.dtype, sharding=one) for p in self.parts[key]}
+        if self.mode == "unstack" and key in self.stack_of:
+            s, _ = self.stack_of[key]
+            return {s: jax.ShapeDtypeStruct(self.there[s], x.dtype, sharding=_sub_sharding(sh, drop=False))}
+        return {key: x}
+
+    def covered(self, key: str, got: dict) -> bool:
+        if self.mode == "stack" and key in self.parts:
+            return self.parts[key][0] in got
+        if self.mode == "unstack" and key in self.stack_of:
+            return self.stack_of[key][0] in got
+        return key in got
+
+
+def _sub_sharding(sh, *, drop: bool):
+    """A NamedSharding without (drop) or with an extra unsplit leading axis (the stack's `layers` axis)."""
+    from jax.sharding import NamedSharding, PartitionSpec
+
+    if not isinstance(sh, NamedSharding):
+        return sh
+    spec = tuple(sh.spec)
+    return NamedSharding(sh.mesh, PartitionSpec(*(spec[1:] if drop else (None, *spec))))
+
+
+def _layout_bridge(flat_here: dict, flat_there: dict[str, tuple]):
+    """(view, assemble): how to read a checkpoint of either layer layout into this model's layout, and how
+    to turn what was read (in the checkpoint's names) into this model's leaves (stacked or sliced on device,
+    onto this model's shardings)."""
+    here, there = layout_of(flat_here), layout_of(flat_there)
+    if "none" in (here, there) or here == there:
+        return _LayoutView(flat_there, {}, "same"), lambda got, _: got
+    if here == "scanned":  # an unrolled checkpoint into the scanned model
+        view = _LayoutView(flat_there, stack_map(flat_there), "stack")
+    else:  # a scanned checkpoint into the unrolled model
+        view = _LayoutView(flat_there, stack_map(flat_here), "unstack")
+
+    def assemble(got: dict, wanted: dict) -> dict:
+        out = {k: v for k, v in got.items() if k in flat_here and k not in view.parts and k not in view.stack_of}
+        for key, x in wanted.items():
+            if view.mode == "stack" and key in view.parts:
+                out[key] = jax.jit(lambda *a: jnp.stack(a), out_shardings=x.sharding)(*(got[p] for p in view.parts[key]))
+            elif view.mode == "unstack" and key in view.stack_of:
+                s, j = view.stack_of[key]
+                out[key] = jax.jit(lambda a, j=j: a[j], out_shardings=x.sharding)(got[s])
+        return out
+
+    return view, assemble
 
 
 def _flatten_dict(tree: dict, prefix: tuple = ()) -> dict[tuple, Any]:

@@ -120,6 +120,9 @@ class ModelConfig(_Strict):
     dtype: Literal["float32", "bfloat16"] = "float32"  # compute dtype; parameters stay param_dtype
     param_dtype: Literal["float32", "bfloat16"] = "float32"
     remat: Literal["none", "block"] = "none"  # `block`: each transformer block rematerialised in the backward pass
+    # true: the shared layers' parameters are stacked on a leading `layers` axis and run by one lax.scan, so
+    # compile time does not grow with depth (same function and same initial draws as unrolled; docs/config.md)
+    scan_layers: bool = False
     attention_impl: Literal["xla", "cudnn"] | None = None  # None lets JAX pick (cuDNN flash on GPU)
 
     @model_validator(mode="after")

@@ -15,7 +15,8 @@ import jax.numpy as jnp
 import optax
 
 from xlplastic.config import ForgettingConfig
-from xlplastic.groups import base_group, selects
+from xlplastic.groups import base_group, path_str, selects
+from xlplastic.layout import is_stacked, unrolled_positions
 
 _RESET_STREAM = 0x0F0E  # folded into the run's key: reset draws never collide with masking/dropout
 
@@ -87,14 +88,22 @@ def redraw(key, x, *, rule: str, std: float, pad_row: int | None):
 
 
 def redraw_groups(params, labels, groups, key, *, rule: str, std: float, pad_id: int | None):
-    """`params` with every leaf of `groups` re-drawn (one key per leaf, folded from `key`)."""
-    leaves, treedef = jax.tree.flatten(params)
+    """`params` with every leaf of `groups` re-drawn (one key per leaf, folded from `key` with the leaf's
+    position in the unrolled model; a scanned stack is re-drawn layer by layer, so both layouts of
+    `model.scan_layers` draw the same values)."""
+    with_paths, treedef = jax.tree_util.tree_flatten_with_path(params)
+    keys = [path_str(p) for p, _ in with_paths]
+    positions = unrolled_positions(keys, {k: x.shape[0] for k, (_, x) in zip(keys, with_paths) if is_stacked(k)})
     names = jax.tree.leaves(labels)
     out = []
-    for i, (x, g) in enumerate(zip(leaves, names)):
+    for k, (_, x), g, pos in zip(keys, with_paths, names, positions):
         if any(selects(s, g) for s in groups):
             pad = pad_id if base_group(g) == "token_embedding" else None
-            x = redraw(jax.random.fold_in(key, i), x, rule=rule, std=std, pad_row=pad)
+            if is_stacked(k):
+                x = jnp.stack([redraw(jax.random.fold_in(key, i), x[j], rule=rule, std=std, pad_row=pad)
+                               for j, i in enumerate(pos)])
+            else:
+                x = redraw(jax.random.fold_in(key, pos[0]), x, rule=rule, std=std, pad_row=pad)
         out.append(x)
     return jax.tree.unflatten(treedef, out)
 

@@ -31,7 +31,7 @@ DEFAULT_RULES: tuple[tuple[str, str], ...] = (
     (r"^position_embed$", "position_embedding"),
     (r"^language_embed$", "language_embedding"),
     (r"^(embed_norm|type_embed)(/|$)", "embedding_norm"),
-    (r"^(layer_\d+|final_norm)(/|$)", "body"),
+    (r"^(layer_\d+|layers|final_norm)(/|$)", "body"),  # `layers`: the scanned stack (model.scan_layers)
     (r"^mlm_head/", "mlm_head"),
     (r"^task_head/", "task_head"),
 )
@@ -110,7 +110,10 @@ def label_params(params, rules=DEFAULT_RULES) -> dict:
 
 
 def decay_mask(params) -> dict:
-    """Weight decay on matrices only (not biases or layer-norm scales), as BERT/RoBERTa recipes do."""
+    """Weight decay on matrices only (not biases or layer-norm scales), as BERT/RoBERTa recipes do; a
+    scanned stack's leading `layers` axis does not count (a stacked bias is still a bias)."""
     import jax
 
-    return jax.tree.map(lambda x: x.ndim >= 2, params)
+    from xlplastic.layout import is_stacked
+
+    return jax.tree_util.tree_map_with_path(lambda p, x: x.ndim - is_stacked(path_str(p)) >= 2, params)

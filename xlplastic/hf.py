@@ -36,6 +36,7 @@ from xlplastic.data.tokenizer_json import read_tokenizer_json
 from xlplastic.data.tokenizers import SpecialTokens, special_tokens
 from xlplastic.errors import UserError
 from xlplastic.hf_config import HFConfig, hf_dir, read_config
+from xlplastic.layout import layout_of, stack_map
 from xlplastic.runtime import log as main_log
 from xlplastic.runtime import sha
 from xlplastic.sharding import activation_rules, describe, make_mesh, replicated, tree_shardings
@@ -429,8 +430,7 @@ def _ranges(index: tuple, shape: Sequence[int]) -> list[np.ndarray]:
     return [np.arange(*sl.indices(n)) for sl, n in zip(tuple(index) + (slice(None),) * (len(shape) - len(index)), shape)]
 
 
-def read_slice(w: Weights, leaf: Leaf, index: tuple) -> np.ndarray:
-    """The part `index` (slices of the target shape) of an xlplastic parameter, read from the file."""
+def read_leaf_slice(w: Weights, leaf: Leaf, index: tuple) -> np.ndarray:
     rs = _ranges(index, leaf.shape)
 
     def one(name, rest):
@@ -441,6 +441,31 @@ def read_slice(w: Weights, leaf: Leaf, index: tuple) -> np.ndarray:
         return np.stack([one(leaf.sources[int(k)], rs[1:]) for k in rs[0]]) if len(rs[0]) else \
             np.zeros([0] + [len(r) for r in rs[1:]], np.float32)
     return one(leaf.sources[0], rs)
+
+
+@dataclass(frozen=True)
+class LayerStack:
+    """A scanned model's stacked parameter (`layers/...`, model.scan_layers): its per-layer Leaves, one
+    row each on the leading `layers` axis (never sharded, so every device reads its slice of each layer)."""
+
+    key: str
+    parts: tuple[Leaf, ...]
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return (len(self.parts), *self.parts[0].shape)
+
+    @property
+    def sources(self) -> tuple[str, ...]:
+        return tuple(s for p in self.parts for s in p.sources)
+
+
+def read_slice(w: Weights, leaf: "Leaf | LayerStack", index: tuple) -> np.ndarray:
+    """The part `index` (slices of the target shape) of an xlplastic parameter, read from the file."""
+    if isinstance(leaf, LayerStack):
+        rows = _ranges(index[:1], leaf.shape[:1])[0]
+        return np.stack([read_leaf_slice(w, leaf.parts[int(j)], tuple(index[1:])) for j in rows])
+    return read_leaf_slice(w, leaf, index)
 
 
 def device_array(w: Weights, leaf: Leaf, sharding, dtype) -> jax.Array:
@@ -499,8 +524,12 @@ def read_params(source: str | Path, abstract: dict, take: Callable | None = None
     h = read_config(d)
     w = Weights(d, log)
     plan = make_plan(h, w)
-    there = {l.key: l.shape for l in plan.leaves}
-    by_key = plan.by_key()
+    by_key: dict[str, Any] = plan.by_key()
+    flat_abs_keys = ["/".join(k) for k in flatten_dict(abstract)]
+    if layout_of(flat_abs_keys) == "scanned":  # this model stacks its shared layers: read them layer by layer
+        for s_key, parts in stack_map(by_key).items():
+            by_key[s_key] = LayerStack(s_key, tuple(by_key.pop(p) for p in parts))
+    there = {k: l.shape for k, l in by_key.items()}
     flat_abs = {"/".join(k): v for k, v in flatten_dict(abstract).items()}
     out: dict[str, jax.Array] = {}
     fresh_head = False
@@ -518,7 +547,7 @@ def read_params(source: str | Path, abstract: dict, take: Callable | None = None
             raise UserError(f"{d}: `{key}` is {list(leaf.shape)} in the HF model but this model needs {list(x.shape)}; "
                             "expected the same architecture and vocabulary")
         out[key] = device_array(w, leaf, x.sharding, x.dtype)
-    log(f"hf: {d} ({h.model_type}, {w.describe}): {sum(len(l.sources) for l in plan.leaves if l.key in out)} tensors "
+    log(f"hf: {d} ({h.model_type}, {w.describe}): {sum(len(l.sources) for k, l in by_key.items() if k in out)} tensors "
         f"read into {len(out)} parameters, each device reading its own slice")
     if (line := _skipped_line(plan.skipped)) is not None:
         log(line)

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 import math
-from functools import lru_cache
+from functools import lru_cache, partial
 from pathlib import Path
 from typing import Any, Callable
 
@@ -28,6 +28,7 @@ from xlplastic.data.tokenizers import SpecialTokens
 from xlplastic.errors import UserError
 from xlplastic.hf import Leaf, leaves
 from xlplastic.hf_config import HFConfig, hf_dir
+from xlplastic.layout import is_stacked, unrolled_keys
 from xlplastic.runtime import barrier, is_main
 from xlplastic.runtime import log as main_log
 
@@ -148,7 +149,7 @@ def export(cfg: Config, params: dict, tokenizer, specials: SpecialTokens, out: s
         raise UserError(f"export: --arch {arch!r}; expected one of {', '.join(ARCHS)}")
     if out.exists() and not out.is_dir():
         raise UserError(f"export: {out} is a file; expected a folder (or a path that does not exist yet)")
-    flat = {"/".join(k): v for k, v in flatten_dict(params).items()}
+    flat = _unrolled(params)
     vocab = int(flat["token_embed"].shape[0])
     if tokenizer.get_vocab_size() > vocab:
         raise UserError(f"export: the tokenizer has {tokenizer.get_vocab_size()} tokens but the embeddings {vocab} rows; "
@@ -193,6 +194,8 @@ def export(cfg: Config, params: dict, tokenizer, specials: SpecialTokens, out: s
             if l.key not in flat:  # no token types in the model: HF's one type row stays zero
                 continue
             x = flat[l.key]
+            if callable(x):  # one layer of a scanned stack, sliced on device when its turn comes
+                x = x()
             regions = [np.ndarray(hf_shape, dtype[1], buffer=mm, offset=start + offsets[s]) for s in l.sources] if mm is not None else None
             for index, data in shard_pieces(x):
                 if dtype[0] == "BF16":
@@ -212,6 +215,22 @@ def export(cfg: Config, params: dict, tokenizer, specials: SpecialTokens, out: s
     barrier("hf-export")
     log(f"export: {arch} ({ARCHS[arch][1]}) written to {out}: config.json, model.safetensors "
         f"({len(header) - 1} tensors, {pos / 1e6:.1f} MB), tokenizer.json")
+    return out
+
+
+def _unrolled(params: dict) -> dict:
+    """The parameters by unrolled path; a scanned stack's layers (`layers/x` -> `layer_<i>/x`) as callables
+    that slice one layer on device (onto the stack's sharding less its `layers` axis), so export never holds
+    a second copy of the whole body."""
+    flat = {"/".join(k): v for k, v in flatten_dict(params).items()}
+    stacked = {k: v for k, v in flat.items() if is_stacked(k)}
+    out = {k: v for k, v in flat.items() if k not in stacked}
+    first = 1 + max((int(k.split("/")[0][6:]) for k in out if k.startswith("layer_")), default=-1)
+    for k, x in stacked.items():
+        one = NamedSharding(x.sharding.mesh, PartitionSpec(*tuple(x.sharding.spec)[1:]))
+        take = jax.jit(lambda a, j: a[j], out_shardings=one)
+        for j, name in enumerate(unrolled_keys(k, first, x.shape[0])):
+            out[name] = partial(take, x, j)
     return out
 
 

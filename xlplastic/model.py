@@ -16,6 +16,7 @@ from flax import nnx
 from jax.extend.random import threefry2x32_p
 
 from xlplastic.config import ModelConfig
+from xlplastic.layout import STACK
 from xlplastic.sharding import constrain
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
@@ -212,8 +213,12 @@ class Encoder(nnx.Module):
         if cfg.num_languages:
             self.language_embed = param(rngs, (cfg.num_languages, D), ("languages", "embed"), std, pd)
         self.embed_norm = LayerNorm(cfg, rngs)
-        for i in range(sep.layers, cfg.num_layers):
-            setattr(self, f"layer_{i}", Block(cfg, rngs))
+        blocks = [Block(cfg, rngs) for _ in range(sep.layers, cfg.num_layers)]
+        if cfg.scan_layers and blocks:  # the same draws as unrolled, stacked on a leading `layers` axis
+            setattr(self, STACK, stack_blocks(blocks))
+        else:
+            for i, block in zip(range(sep.layers, cfg.num_layers), blocks):
+                setattr(self, f"layer_{i}", block)
         if cfg.norm == "pre":
             self.final_norm = LayerNorm(cfg, rngs)
         self.mlm_head = MLMHead(cfg, vocab_size, rngs)
@@ -234,8 +239,13 @@ class Encoder(nnx.Module):
             raise ValueError(f"language {language!r}: this model has separate embeddings for {langs}; expected one of them")
         return getattr(self, f"lang_{language}").token_embed[...]
 
-    def layers(self) -> list[Block]:
-        """The shared blocks (all of them unless the bottom ones are language-specific)."""
+    @property
+    def scanned(self) -> bool:
+        """Whether the shared blocks are one stacked Block run by `lax.scan` (`model.scan_layers`)."""
+        return hasattr(self, STACK)
+
+    def shared_blocks(self) -> list[Block]:
+        """The shared blocks, unrolled (all of them unless the bottom ones are language-specific)."""
         return [getattr(self, f"layer_{i}") for i in range(self.cfg.separate.layers, self.cfg.num_layers)]
 
     @staticmethod
@@ -250,6 +260,23 @@ class Encoder(nnx.Module):
         if self.cfg.remat == "block":
             return nnx.remat(lambda b, x, l, k: b(x, l, k))(block, x, lengths_B, key)
         return block(x, lengths_B, key)
+
+    def _scan(self, x_BxTxD, lengths_B, keys):
+        """The stacked shared blocks as one `lax.scan` (compiled once, whatever the depth): (output, every
+        layer's output [L, B, T, D]). `keys` [L] are the dropout keys the unrolled layers would get, so
+        both layouts compute the same function; remat (`model.remat: block`) applies inside the body."""
+        graphdef, state = nnx.split(getattr(self, STACK))
+
+        def body(x, xs):
+            layer_state, key = xs
+            y = nnx.merge(graphdef, layer_state)(x, lengths_B, key)
+            return y, y
+
+        if self.cfg.remat == "block":
+            body = jax.checkpoint(body, prevent_cse=False)
+        if keys is None:
+            return jax.lax.scan(lambda x, s: body(x, (s, None)), x_BxTxD, state)
+        return jax.lax.scan(body, x_BxTxD, (state, keys))
 
     def encode(
         self,
@@ -290,7 +317,7 @@ class Encoder(nnx.Module):
             x = x + jnp.take(self.type_embed[...], types_BxT, axis=0).astype(jnp.float32)
         if cfg.num_languages and lang_B is not None:
             x = x + jnp.take(self.language_embed[...], lang_B, axis=0).astype(jnp.float32)[:, None]
-        keys = (None,) * (cfg.num_layers + 1) if dropout_key is None else tuple(jax.random.split(dropout_key, cfg.num_layers + 1))
+        keys = (None,) * (cfg.num_layers + 1) if dropout_key is None else jax.random.split(dropout_key, cfg.num_layers + 1)
         x_BxTxD = dropout(self.embed_norm(x).astype(dt), cfg.dropout, keys[0])
         x_BxTxD = constrain(x_BxTxD, ("batch", "length", "embed"))
         hidden = [x_BxTxD]
@@ -298,9 +325,14 @@ class Encoder(nnx.Module):
             outs = [self._block(b, x_BxTxD, lengths_B, keys[1 + i]) for b in self._copies(f"layer_{i}")]
             x_BxTxD = self._pick(outs, lang_B)
             hidden.append(x_BxTxD)
-        for block, key in zip(self.layers(), keys[1 + sep.layers:]):
-            x_BxTxD = self._block(block, x_BxTxD, lengths_B, key)
-            hidden.append(x_BxTxD)
+        if self.scanned:
+            x_BxTxD, ys_LxBxTxD = self._scan(x_BxTxD, lengths_B, None if dropout_key is None else keys[1 + sep.layers:])
+            if return_hidden:
+                hidden += list(ys_LxBxTxD)
+        else:
+            for block, key in zip(self.shared_blocks(), keys[1 + sep.layers:]):
+                x_BxTxD = self._block(block, x_BxTxD, lengths_B, key)
+                hidden.append(x_BxTxD)
         if cfg.norm == "pre":
             x_BxTxD = self.final_norm(x_BxTxD)
             hidden[-1] = x_BxTxD
@@ -324,6 +356,16 @@ class Encoder(nnx.Module):
         else:
             logits_BxPxV = project(self.token_embed[...])
         return logits_BxPxV + head.output_bias[...].astype(jnp.float32)
+
+
+def stack_blocks(blocks: list[Block]) -> Block:
+    """One Block whose parameters are the given blocks' stacked on a new leading axis (logical axis
+    `layers`, never sharded: each device holds every layer's slice of its own shard)."""
+    graphdef, _ = nnx.split(blocks[0])
+    state = jax.tree.map(lambda *vs: jnp.stack(vs), *(nnx.split(b)[1] for b in blocks))
+    for _, var in nnx.to_flat_state(state):
+        var.set_metadata(axes=(STACK, *var.get_metadata()["axes"]))
+    return nnx.merge(graphdef, state)
 
 
 def create(cfg: ModelConfig, vocab_size: int, seed: int) -> Encoder:

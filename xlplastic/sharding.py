@@ -19,6 +19,7 @@ from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
 
 from xlplastic.config import MeshConfig
 from xlplastic.errors import UserError
+from xlplastic.layout import STACK
 
 AXES = ("data", "fsdp", "tensor")
 BATCH_AXES = ("data", "fsdp")
@@ -71,12 +72,13 @@ def logical_to_spec(axes: Sequence[str | None], rules: dict[str, list[str]], sha
     return P(*out)
 
 
-def fsdp_fallback(spec: P, shape, mesh: Mesh, axis: str = "fsdp") -> P:
+def fsdp_fallback(spec: P, shape, mesh: Mesh, axis: str = "fsdp", keep_whole: Sequence[int] = ()) -> P:
     """Adds the fsdp axis to a parameter whose rules left it whole along fsdp (biases over `mlp`/`heads`/
     `vocab`, the head's `hidden` vector, ...): it splits the largest dimension that still divides evenly.
 
     Without this, every such leaf (and its Adam moments) is a full copy on each fsdp device, so per-device
     state exceeds 1/fsdp of the total by their size: small for wide models, several percent for narrow ones.
+    Dimensions in `keep_whole` are never split (a scanned stack's `layers` axis: the scan slices it).
     """
     size = mesh.shape.get(axis, 1)
     entries = list(spec) + [None] * (len(shape) - len(spec))
@@ -85,6 +87,8 @@ def fsdp_fallback(spec: P, shape, mesh: Mesh, axis: str = "fsdp") -> P:
         return spec
     best = None
     for i, dim in enumerate(shape):
+        if i in keep_whole:
+            continue
         e = entries[i]
         current = tuple((e,) if isinstance(e, str) else (e or ()))
         shards = math.prod(mesh.shape[a] for a in current)
@@ -110,7 +114,7 @@ def tree_shardings(abstract_tree, axes_tree, mesh: Mesh, rules: dict[str, list[s
     def one(x, axes):
         spec = logical_to_spec(axes, rules, x.shape, mesh)
         if fsdp_all:
-            spec = fsdp_fallback(spec, x.shape, mesh)
+            spec = fsdp_fallback(spec, x.shape, mesh, keep_whole=[i for i, a in enumerate(axes) if a == STACK])
         return NamedSharding(mesh, spec)
 
     return jax.tree.map(
