@@ -12,7 +12,6 @@ import errno
 import json
 import logging
 import os
-import shutil
 import sys
 import time
 import zlib
@@ -24,6 +23,7 @@ import jax.numpy as jnp
 import orbax.checkpoint as ocp
 from flax.traverse_util import unflatten_dict
 
+from xlplastic import paths
 from xlplastic.errors import UserError
 from xlplastic.layout import layout_of, stack_map
 
@@ -86,23 +86,21 @@ MANIFEST = "xlplastic_manifest.json"
 
 def _crc(path: Path) -> int:
     crc = 0
-    with open(path, "rb") as f:
+    with path.open("rb") as f:
         while chunk := f.read(1 << 22):
             crc = zlib.crc32(chunk, crc)
     return crc
 
 
 def _files(folder: Path) -> dict[str, Path]:
-    return {str(p.relative_to(folder)): p for p in sorted(folder.rglob("*")) if p.is_file() and p.name != MANIFEST}
+    return {str(p.relative_to(folder)): p for p in paths.files_under(folder) if p.name != MANIFEST}
 
 
 def write_manifest(folder: Path) -> None:
     """Size and CRC-32 of every file of a finished checkpoint: what tells a damaged one from an intact one
     (reading it back costs about as much as a copy; Orbax's own commit marker only says the save ended)."""
-    entries = {rel: [p.stat().st_size, _crc(p)] for rel, p in _files(folder).items()}
-    tmp = folder / (MANIFEST + ".tmp")
-    tmp.write_text(json.dumps({"files": entries}), encoding="utf-8")
-    tmp.replace(folder / MANIFEST)
+    entries = {rel: [paths.size(p), _crc(p)] for rel, p in _files(folder).items()}
+    paths.write_text_atomic(folder / MANIFEST, json.dumps({"files": entries}))
 
 
 def damage(folder: Path) -> str | None:
@@ -123,8 +121,8 @@ def damage(folder: Path) -> str | None:
         p = folder / rel
         if not p.is_file():
             return f"file {rel} is missing"
-        if p.stat().st_size != size:
-            return f"file {rel} has {p.stat().st_size} of its {size} bytes"
+        if paths.size(p) != size:
+            return f"file {rel} has {paths.size(p)} of its {size} bytes"
         if _crc(p) != crc:
             return f"file {rel} does not match its checksum"
     return None
@@ -157,7 +155,7 @@ class Checkpointer:
     def __init__(self, directory: str | Path, keep: int = 3, async_save: bool = True):
         if keep < 1:
             raise UserError(f"checkpoint.keep={keep}: expected >= 1 (the newest checkpoint is what a rerun resumes from)")
-        self.directory = Path(directory).resolve()
+        self.directory = paths.as_path(directory, resolve=True)
         options = ocp.CheckpointManagerOptions(
             max_to_keep=keep,
             create=True,
@@ -206,9 +204,9 @@ class Checkpointer:
         _quiet_abandoned_reads()  # the failed save's other writes end with tracebacks: the one line says it all
         if jax.process_index() == 0:
             for tmp in self.directory.glob("*.orbax-checkpoint-tmp*"):
-                shutil.rmtree(tmp, ignore_errors=True)
+                paths.rmtree(tmp)
             if step is not None and (self.directory / str(step)).is_dir() and damage(self.directory / str(step)):
-                shutil.rmtree(self.directory / str(step), ignore_errors=True)
+                paths.rmtree(self.directory / str(step))
         try:
             self.manager.reload()
         except Exception:  # noqa: BLE001
@@ -282,7 +280,7 @@ class Checkpointer:
                  f"resuming from step {resumed}")
             if jax.process_index() == 0:
                 aside.mkdir(exist_ok=True)
-                shutil.move(str(self.directory / str(step)), str(dest))
+                paths.move(self.directory / str(step), dest)
         if jax.process_count() > 1:
             from jax.experimental import multihost_utils
 
@@ -336,7 +334,7 @@ def abstract_like(tree, shardings):
 
 def latest_state_dir(run: str | Path) -> tuple[Path, int]:
     """The `state` folder of the latest complete checkpoint of a run directory (or its checkpoints/)."""
-    root = Path(run).expanduser().resolve()
+    root = paths.as_path(os.path.expanduser(str(run)), resolve=True)
     folder = root / "checkpoints" if (root / "checkpoints").is_dir() else root
     if not folder.is_dir():
         raise UserError(f"{root}: no such run directory; expected a run folder holding checkpoints/")

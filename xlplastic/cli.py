@@ -107,7 +107,14 @@ def _cmd_run(args) -> int:
     _distributed_init(args)
     from xlplastic.runtime import check_run_dir, remove_if_untrained
 
-    wanted = Path(args.run_dir) if args.run_dir else Path("runs") / cfg.name
+    from xlplastic.paths import as_path, is_url
+
+    wanted = as_path(args.run_dir) if args.run_dir else Path("runs") / cfg.name
+    if is_url(wanted) and (cfg.pipeline is not None or cfg.lab is not None):
+        raise UserError(f"--run-dir {wanted}: {'pipeline' if cfg.pipeline is not None else 'lab'} runs need a local "
+                        "run directory; expected a local path (or the bucket mounted with gcsfuse)")
+    if is_url(wanted):
+        check_run_dir(wanted)  # an unreachable or unwritable bucket is one line before anything asks it more
     created = not wanted.exists()
     if cfg.pipeline is not None:  # every stage's config, before the run folder exists
         from xlplastic.stages import check_pipeline

@@ -1,12 +1,17 @@
-"""Run-directory logging: metrics.jsonl (one object per logged step), TensorBoard events, console progress."""
+"""Run-directory logging: metrics.jsonl (one object per logged step), TensorBoard events, console progress.
+A run directory in a bucket gets both too: metrics.jsonl through `ObjectLog`, events through tensorboardX's
+own gs:// writer (google-cloud-storage)."""
 
 from __future__ import annotations
 
 import json
 import math
 import sys
+import time
 from pathlib import Path
 from typing import Any
+
+from xlplastic.paths import is_url
 
 
 def read_jsonl(path: Path) -> list[dict[str, Any]]:
@@ -23,6 +28,31 @@ def read_jsonl(path: Path) -> list[dict[str, Any]]:
     return rows
 
 
+class ObjectLog:
+    """A text file in a bucket, written like a local log: an object cannot be appended to, so the whole
+    text is uploaded again, at most every `every_s` seconds (a long run logs thousands of rows) and at
+    close. A run stopped by SIGTERM closes it; a killed one loses at most the last `every_s` seconds."""
+
+    def __init__(self, path, text: str = "", every_s: float = 10.0):
+        self.path, self.every_s = path, every_s
+        self._parts = [text]
+        self._uploaded = 0.0
+        self._dirty = True
+        self.flush(force=True)
+
+    def write(self, text: str) -> None:
+        self._parts.append(text)
+        self._dirty = True
+
+    def flush(self, force: bool = False) -> None:
+        if self._dirty and (force or time.monotonic() - self._uploaded >= self.every_s):
+            self.path.write_text("".join(self._parts), encoding="utf-8")
+            self._uploaded, self._dirty = time.monotonic(), False
+
+    def close(self) -> None:
+        self.flush(force=True)
+
+
 class MetricsLog:
     """Appends rows; on resume drops rows past the restored step so the file reads as one clean run."""
 
@@ -33,10 +63,13 @@ class MetricsLog:
         self._tb = None
         if not enabled:
             return
-        with open(self.path, "w", encoding="utf-8") as f:
-            for r in self.rows:
-                f.write(json.dumps(r) + "\n")
-        self._file = open(self.path, "a", encoding="utf-8")
+        kept = "".join(json.dumps(r) + "\n" for r in self.rows)
+        if is_url(self.path):
+            self._file = ObjectLog(self.path, kept)
+        else:
+            with open(self.path, "w", encoding="utf-8") as f:
+                f.write(kept)
+            self._file = open(self.path, "a", encoding="utf-8")
         if tensorboard:
             try:
                 from tensorboardX import SummaryWriter

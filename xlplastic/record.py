@@ -94,9 +94,9 @@ def check_rerun(run_dir: Path, new_text: str, allow_change: tuple[str, ...] = ()
 def write_config(run_dir: Path, text: str, changed: list[str], start: int) -> None:
     """Writes config.yaml (atomically); an allowed change is appended to changes.jsonl with the step it
     took effect at."""
+    from xlplastic.paths import append_text
     from xlplastic.runtime import write_text
 
     if changed:
-        with open(run_dir / "changes.jsonl", "a", encoding="utf-8") as f:
-            f.write(json.dumps({"from_step": start, "keys": changed}) + "\n")
+        append_text(run_dir / "changes.jsonl", json.dumps({"from_step": start, "keys": changed}) + "\n")
     write_text(run_dir / CONFIG_FILE, text)

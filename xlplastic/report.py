@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 from typing import Any
 
@@ -27,8 +28,10 @@ def plot_losses(rows: list[dict[str, Any]], path: Path) -> bool:
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
-    fig.savefig(path)
+    png = io.BytesIO()  # bytes first: a run folder may be a bucket, which matplotlib cannot open
+    fig.savefig(png, format="png")
     plt.close(fig)
+    path.write_bytes(png.getvalue())
     return True
 
 

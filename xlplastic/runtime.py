@@ -6,8 +6,10 @@ from __future__ import annotations
 import errno
 import hashlib
 import json
+import logging
 import os
 import signal
+import socket
 import sys
 from pathlib import Path
 from typing import Any
@@ -15,6 +17,7 @@ from typing import Any
 import jax
 import numpy as np
 
+from xlplastic import paths
 from xlplastic.errors import UserError
 
 
@@ -50,9 +53,7 @@ def write_json(path: Path, obj: Any) -> None:
 
 
 def write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    tmp.replace(path)
+    paths.write_text_atomic(path, text)
 
 
 def local_rows(arrays: dict[str, np.ndarray], rows: np.ndarray) -> dict[str, np.ndarray]:
@@ -63,9 +64,12 @@ def local_rows(arrays: dict[str, np.ndarray], rows: np.ndarray) -> dict[str, np.
     return {k: v[mine] for k, v in arrays.items()}
 
 
-def check_run_dir(run_dir: Path) -> Path:
-    """The run folder exists (created if need be) and is writable; one line otherwise, before any work."""
-    run_dir = Path(run_dir).resolve()
+def check_run_dir(run_dir) -> Path:
+    """The run folder exists (created if need be) and is writable; one line otherwise, before any work.
+    A `gs://` URL is a prefix in a bucket: nothing to create, the bucket must exist and take a write."""
+    run_dir = paths.as_path(run_dir, resolve=True)
+    if paths.is_url(run_dir):
+        return _check_bucket_dir(run_dir)
     if run_dir.exists() and not run_dir.is_dir():
         raise UserError(f"{run_dir}: the run directory is a file; expected a folder (or a path that does not exist yet)")
     try:
@@ -82,17 +86,44 @@ def check_run_dir(run_dir: Path) -> Path:
     return run_dir
 
 
+def _check_bucket_dir(run_dir):
+    probe = run_dir / f".write-test-{socket.gethostname()}-{os.getpid()}"  # several hosts write to one prefix
+    gcsfs_log = logging.getLogger("gcsfs")  # it logs each exhausted retry with a traceback: the one line says it
+    level = gcsfs_log.level
+    gcsfs_log.setLevel(logging.CRITICAL)
+    try:
+        if run_dir.is_file():
+            raise UserError(f"{run_dir}: the run directory is an object; expected a prefix (folder) in a bucket")
+        probe.write_bytes(b"")
+        probe.unlink()
+    except UserError:
+        raise
+    except Exception as e:  # noqa: BLE001 - gcsfs/aiohttp raise many types: one line naming the cause
+        raise UserError(f"{run_dir}: cannot write to the run directory ({describe_storage_error(e)}); expected an "
+                        "existing bucket this user can write to (and credentials, or STORAGE_EMULATOR_HOST)") from None
+    finally:
+        gcsfs_log.setLevel(level)
+    return run_dir
+
+
+def describe_storage_error(e: BaseException) -> str:
+    """The first line of a cloud storage failure, without the library's stack of retries."""
+    if isinstance(e, FileNotFoundError):
+        return "no such bucket"
+    text = str(e).strip().splitlines()[0] if str(e).strip() else ""
+    return f"{type(e).__name__}: {text[:200]}" if text else type(e).__name__
+
+
 def remove_if_untrained(run_dir: Path) -> None:
     """Removes a run folder this command created when nothing in it trained (no checkpoint, no results):
     what is left is the start of a run that failed on its input. Process 0 only."""
     if not is_main() or not run_dir.is_dir():
         return
-    trained = any(p.name == "results.json" for p in run_dir.rglob("results.json")) or any(
-        p.name.isdigit() for c in run_dir.rglob("checkpoints") if c.is_dir() for p in c.iterdir())
+    names = [p.relative_to(run_dir).parts for p in paths.files_under(run_dir)]
+    trained = any(n[-1] == "results.json" or any(a == "checkpoints" and b.isdigit() for a, b in zip(n, n[1:]))
+                  for n in names)
     if not trained:
-        import shutil
-
-        shutil.rmtree(run_dir, ignore_errors=True)
+        paths.rmtree(run_dir)
 
 
 class StopRequest:

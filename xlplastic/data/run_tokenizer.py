@@ -12,7 +12,8 @@ from xlplastic.data.tokenizers import load_tokenizer, round_robin, train_tokeniz
 from xlplastic.data.vocabulary import FILENAME as VOCABULARY_FILE
 from xlplastic.data.vocabulary import Vocabulary
 from xlplastic.errors import UserError
-from xlplastic.runtime import barrier, is_main, write_json
+from xlplastic.paths import as_path
+from xlplastic.runtime import barrier, is_main, write_json, write_text
 
 
 def prepare_tokenizer(cfg: Config, run_dir: Path):
@@ -22,14 +23,12 @@ def prepare_tokenizer(cfg: Config, run_dir: Path):
     multi = tcfg.per_language or tcfg.anchors == "none"
     own = run_dir / (VOCABULARY_FILE if multi else "tokenizer.json")
     if tcfg.path:
-        path = Path(tcfg.path)
+        path = as_path(tcfg.path)
         if not path.is_absolute() and cfg.data.data_dir and not path.exists():
-            path = Path(cfg.data.data_dir) / path
+            path = as_path(cfg.data.data_dir) / path
         tok = load_tokenizer(path)
         if is_main() and not multi and hasattr(tok, "save") and not own.exists():  # the run folder is a record
-            tmp = own.with_suffix(".tmp")
-            tok.save(str(tmp))
-            tmp.replace(own)
+            write_text(own, tok.to_str(pretty=True))  # what Tokenizer.save writes, byte for byte
         return tok
     # The settings it was trained with, so a rerun that asks for another tokenizer fails instead of
     # silently resuming with the old one (written before tokenizer.json: that file's presence implies it).
@@ -42,9 +41,7 @@ def prepare_tokenizer(cfg: Config, run_dir: Path):
         else:
             texts = (t for c in cfg.data.corpora for t in iter_texts(c, cfg.data.data_dir))
             tok = train_tokenizer(texts, tcfg)
-            tmp = own.with_suffix(".tmp")
-            tok.save(str(tmp))
-            tmp.replace(own)
+            write_text(own, tok.to_str(pretty=True))
     barrier("tokenizer")  # every process, always: whether the file exists yet depends on timing
     if settings_path.is_file():
         found = json.loads(settings_path.read_text(encoding="utf-8"))

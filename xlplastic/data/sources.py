@@ -14,14 +14,19 @@ from pathlib import Path
 
 from xlplastic.config import CorpusConfig
 from xlplastic.errors import UserError
+from xlplastic.paths import as_path, is_url
 
 _HF_BUILDERS = {".txt": "text", ".json": "json", ".jsonl": "json", ".parquet": "parquet", ".csv": "csv"}
 
 
 def resolve_path(path: str, data_dir: str | None) -> Path:
-    """Relative corpus paths are taken relative to `data_dir` when one is given."""
+    """Relative corpus paths are taken relative to `data_dir` when one is given; either may be a `gs://` URL."""
+    if is_url(path):
+        return as_path(path)
     p = Path(path).expanduser()
-    return Path(data_dir).expanduser() / p if data_dir and not p.is_absolute() else p
+    if not data_dir or p.is_absolute():
+        return p
+    return (as_path(data_dir) if is_url(data_dir) else Path(data_dir).expanduser()) / p
 
 
 def _describe(corpus: CorpusConfig) -> str:
@@ -31,7 +36,7 @@ def _describe(corpus: CorpusConfig) -> str:
 
 def _lines(path: Path) -> Iterator[tuple[int, str]]:
     """(line number, stripped text) for non-empty lines; non-UTF-8 bytes name the file and line."""
-    with open(path, "rb") as f:
+    with path.open("rb") as f:
         for n, raw in enumerate(f, 1):
             try:
                 line = raw.decode("utf-8").strip()

@@ -10,17 +10,18 @@ from pathlib import Path
 from tokenizers import Tokenizer
 
 from xlplastic.errors import UserError
+from xlplastic.paths import as_path
 
 
 def read_tokenizer_json(path: str | Path) -> Tokenizer:
     """A `tokenizer.json` (or a folder holding one)."""
-    p = Path(path).expanduser()
+    p = as_path(path).expanduser()
     if p.is_dir():
         p = p / "tokenizer.json"
     if not p.is_file():
         raise UserError(f"{p}: tokenizer file not found; expected a tokenizer.json from the `tokenizers` library")
     try:
-        tok = Tokenizer.from_file(str(p))
+        tok = Tokenizer.from_str(p.read_text(encoding="utf-8"))  # a local file or an object in a bucket
     except Exception as e:  # the Rust side raises a generic Exception for any parse problem
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise UserError(f"{p}: not a valid tokenizer.json ({first})") from None

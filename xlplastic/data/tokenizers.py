@@ -19,6 +19,7 @@ from xlplastic.config import TokenizerConfig
 from xlplastic.data.tokenizer_json import read_tokenizer_json
 from xlplastic.data.vocabulary import is_vocabulary_file, load_vocabulary
 from xlplastic.errors import UserError
+from xlplastic.paths import as_path
 
 # Ids follow list order: <s>=0 <pad>=1 </s>=2 <unk>=3 <mask>=4 (RoBERTa / XLM-R).
 ROBERTA_SPECIALS = ("<s>", "<pad>", "</s>", "<unk>", "<mask>")
@@ -115,7 +116,7 @@ def train_tokenizer(texts: Iterable[str], cfg: TokenizerConfig) -> Tokenizer:
 def load_tokenizer(path: str | Path) -> Tokenizer:
     """A `tokenizer.json` (or a folder holding one) from the `tokenizers` library, or a multilingual
     `vocabulary.json` (see vocabulary.py; it behaves like a tokenizer for special tokens and size)."""
-    p = Path(path).expanduser()
+    p = as_path(path).expanduser()
     if is_vocabulary_file(p):
         return load_vocabulary(p)
     return read_tokenizer_json(p)

@@ -18,7 +18,6 @@ data pipeline, tasks and analysis tokenise a language's text without knowing the
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,6 +26,7 @@ from tokenizers import Tokenizer
 
 from xlplastic.data.tokenizer_json import read_tokenizer_json
 from xlplastic.errors import UserError
+from xlplastic.paths import as_path, is_url, write_text_atomic
 
 FORMAT = "xlplastic-vocabulary/1"
 FILENAME = "vocabulary.json"
@@ -145,25 +145,22 @@ class Vocabulary:
     def save(self, folder: str | Path) -> Path:
         """Writes tokenizer.<lang>.json for each distinct tokenizer, then vocabulary.json (last: its
         presence means the set is complete)."""
-        folder = Path(folder)
-        folder.mkdir(parents=True, exist_ok=True)
+        folder = as_path(folder)
+        if not is_url(folder):
+            folder.mkdir(parents=True, exist_ok=True)
         files: dict[str, str] = {}
         written: dict[int, str] = {}
         for l in self.languages:
             tok = self.tokenizers[l]
             if id(tok) not in written:
                 name = f"tokenizer.{l}.json"
-                tmp = folder / f".{name}.{os.getpid()}.tmp"
-                tok.save(str(tmp))
-                tmp.replace(folder / name)
+                write_text_atomic(folder / name, tok.to_str(pretty=True))  # what Tokenizer.save writes
                 written[id(tok)] = name
             files[l] = written[id(tok)]
         meta = {"format": FORMAT, "anchors": self.anchors, "languages": list(self.languages), "tokenizers": files,
                 "size": self.size}
         out = folder / FILENAME
-        tmp = folder / f".{FILENAME}.{os.getpid()}.tmp"
-        tmp.write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
-        tmp.replace(out)
+        write_text_atomic(out, json.dumps(meta, indent=2) + "\n")
         return out
 
 
@@ -220,7 +217,7 @@ def is_vocabulary_file(path: Path) -> bool:
 
 def load_vocabulary(path: str | Path) -> Vocabulary:
     """Reads a vocabulary.json (or a folder holding one) and the tokenizer files it names."""
-    p = Path(path).expanduser()
+    p = as_path(path).expanduser()
     if p.is_dir():
         p = p / FILENAME
     if not p.is_file():
