@@ -70,7 +70,7 @@ def _committed(emulator: Emulator, prefix: str) -> list[int]:
     return sorted(int(r[0]) for r in rels if len(r) == 2 and r[0].isdigit() and r[1] == "commit_success.txt")
 
 
-def test_gs_run_dir_stopped_by_sigterm_and_resumed_equals_the_local_run(tmp_path, tmp_path_factory, emulator, env,
+def test_gs_run_dir_stopped_by_sigterm_resumed_and_repaired_equals_the_local_run(tmp_path, tmp_path_factory, emulator, env,
                                                                           cache_home):
     reference = losses(cached_run(tmp_path_factory, "tiny-60", ARGS, cli_env(tmp_path_factory)))
     assert len(reference) == STEPS
@@ -112,6 +112,22 @@ def test_gs_run_dir_stopped_by_sigterm_and_resumed_equals_the_local_run(tmp_path
     # a tokenizer written to the bucket is the bytes a local run writes
     local = cached_run(tmp_path_factory, "tiny-60", ARGS, cli_env(tmp_path_factory))
     assert emulator.read(f"{prefix}/tokenizer.json") == (local / "tokenizer.json").read_bytes()
+
+    # a damaged newest checkpoint (an array file cut short in the bucket) is set aside beside checkpoints/,
+    # and the rerun trains steps 51-60 again from checkpoint 50, to the same losses
+    shard = max((n for n in names if n.startswith(f"{prefix}/checkpoints/60/state/") and "/d/" in n),
+                key=lambda n: len(emulator.read(n)))
+    emulator.write(shard, emulator.read(shard)[:-7])
+    third = run_cli(cmd, env, timeout=180)
+    assert third.returncode == 0, third.stderr[-3000:]
+    assert f"resumed from gs://{emulator.bucket}/{prefix}/checkpoints/50 (step 50)" in third.stdout
+    assert "checkpoints/60 is damaged" in third.stderr and "moved to" in third.stderr
+    moved = [n for n in emulator.names(f"{prefix}/damaged_checkpoints/") if n.endswith("/xlplastic_manifest.json")]
+    assert len(moved) == 1 and moved[0].startswith(f"{prefix}/damaged_checkpoints/60-")
+    rows = _train(_rows(emulator, prefix))
+    assert [r["step"] for r in rows] == list(range(1, STEPS + 1))
+    assert [r["loss"] for r in rows] == reference
+    assert _committed(emulator, prefix)[-1] == 60
 
 
 def _text_config(tmp_path: Path, data: str) -> Path:

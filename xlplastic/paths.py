@@ -112,9 +112,13 @@ def rmtree(path: AnyPath) -> None:
 
 
 def move(src: AnyPath, dst: AnyPath) -> None:
-    """Moves a folder (in a bucket: a copy of each object, then the delete)."""
+    """Moves a folder. A bucket has no folders to rename: each object is copied server-side, then the
+    originals are deleted (gcsfs's own mv tries the newer objects.move API first, and retries it for
+    half a minute per object where it is missing, e.g. on emulators)."""
     if is_url(src):
-        _fs().mv(str(src), str(dst), recursive=True)
+        fs = _fs()
+        fs.copy(str(src), str(dst), recursive=True)
+        fs.rm(str(src), recursive=True)
         return
     shutil.move(str(src), str(dst))
 
