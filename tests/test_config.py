@@ -165,7 +165,7 @@ def test_task_name_defaults_to_its_kind():
 
 
 def test_remat_attention_is_not_an_option():
-    with pytest.raises(UserError, match="expected 'none' or 'block'"):
+    with pytest.raises(UserError, match="expected 'none', 'block' or 'dots'"):
         validate({"model": {"remat": "attention"}})
 
 

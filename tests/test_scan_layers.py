@@ -74,7 +74,17 @@ CASES = {
     "dropout": ("model.dropout=0.1", "model.attention_dropout=0.1"),
     "remat, pre-LN": ("model.remat=block", "model.norm=pre", "model.dropout=0.1"),
     "forgetting every 2": ("forgetting.every=2", "forgetting.warmup_steps=0", "model.dropout=0.1"),
+    "remat dots": ("model.remat=dots", "model.dropout=0.1", "model.attention_dropout=0.1"),
 }
+
+
+def test_remat_policies_do_not_change_the_function(root):
+    """`remat: block` and `dots` recompute in the backward pass what `none` keeps: the same losses."""
+    over = ("model.dropout=0.1", "model.attention_dropout=0.1")
+    want, _, _ = _losses(root, over, jax.devices()[:1], n=3)
+    for remat in ("block", "dots"):
+        got, _, _ = _losses(root, (*over, f"model.remat={remat}"), jax.devices()[:1], n=3)
+        np.testing.assert_allclose(got, want, rtol=0, atol=TOL, err_msg=remat)
 
 
 @pytest.mark.parametrize("case", list(CASES))

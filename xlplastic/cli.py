@@ -175,7 +175,7 @@ def _cmd_export(args) -> int:
     return 0
 
 
-BENCHMARKS = {"train": "train_bench", "memory": "memory_bench", "analysis": "analysis_bench"}
+BENCHMARKS = {"train": "train_bench", "memory": "memory_bench", "analysis": "analysis_bench", "compile": "compile_bench"}
 
 
 def _cmd_bench(args) -> int:

@@ -119,7 +119,9 @@ class ModelConfig(_Strict):
     relative_attention: NonNegInt = 0
     dtype: Literal["float32", "bfloat16"] = "float32"  # compute dtype; parameters stay param_dtype
     param_dtype: Literal["float32", "bfloat16"] = "float32"
-    remat: Literal["none", "block"] = "none"  # `block`: each transformer block rematerialised in the backward pass
+    # `block`: each transformer block rematerialised in the backward pass; `dots`: its weight matmuls' outputs
+    # kept, the rest (attention scores, softmax, GELU, norms) recomputed (model.REMAT_POLICIES)
+    remat: Literal["none", "block", "dots"] = "none"
     # true: the shared layers' parameters are stacked on a leading `layers` axis and run by one lax.scan, so
     # compile time does not grow with depth (same function and same initial draws as unrolled; docs/config.md)
     scan_layers: bool = False
@@ -155,11 +157,13 @@ class ModelConfig(_Strict):
         return bool(self.num_languages) or self.separate.any
 
 
-PRESETS: dict[str, dict[str, int]] = {
+# base and large scan their layers: compile time 3.7x (12 layers) and 5x (24 layers) shorter for a TPU slice
+# (docs/benchmarks.md, "Scanned vs unrolled"); a config can still set scan_layers: false
+PRESETS: dict[str, dict[str, int | bool]] = {
     "tiny": dict(hidden_size=64, num_layers=2, num_heads=2, mlp_dim=128),
     "small": dict(hidden_size=256, num_layers=4, num_heads=4, mlp_dim=1024),
-    "base": dict(hidden_size=768, num_layers=12, num_heads=12, mlp_dim=3072),
-    "large": dict(hidden_size=1024, num_layers=24, num_heads=16, mlp_dim=4096),
+    "base": dict(hidden_size=768, num_layers=12, num_heads=12, mlp_dim=3072, scan_layers=True),
+    "large": dict(hidden_size=1024, num_layers=24, num_heads=16, mlp_dim=4096, scan_layers=True),
 }
 
 

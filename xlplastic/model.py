@@ -20,6 +20,10 @@ from xlplastic.layout import STACK
 from xlplastic.sharding import constrain
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+# model.remat: what a block keeps for the backward pass. `block`: only its input (everything recomputed);
+# `dots`: also the outputs of its weight matmuls (projections and FFN), recomputing attention scores,
+# softmax, GELU, norms and dropout masks, the cheap-to-recompute, expensive-to-store part
+REMAT_POLICIES = {"block": None, "dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable}
 
 
 def param(rngs: nnx.Rngs, shape, axes, std: float | None, dtype) -> nnx.Param:
@@ -257,8 +261,8 @@ class Encoder(nnx.Module):
         return y
 
     def _block(self, block, x, lengths_B, key):
-        if self.cfg.remat == "block":
-            return nnx.remat(lambda b, x, l, k: b(x, l, k))(block, x, lengths_B, key)
+        if self.cfg.remat != "none":
+            return nnx.remat(lambda b, x, l, k: b(x, l, k), policy=REMAT_POLICIES[self.cfg.remat])(block, x, lengths_B, key)
         return block(x, lengths_B, key)
 
     def _scan(self, x_BxTxD, lengths_B, keys):
@@ -272,8 +276,8 @@ class Encoder(nnx.Module):
             y = nnx.merge(graphdef, layer_state)(x, lengths_B, key)
             return y, y
 
-        if self.cfg.remat == "block":
-            body = jax.checkpoint(body, prevent_cse=False)
+        if self.cfg.remat != "none":
+            body = jax.checkpoint(body, policy=REMAT_POLICIES[self.cfg.remat], prevent_cse=False)
         if keys is None:
             return jax.lax.scan(lambda x, s: body(x, (s, None)), x_BxTxD, state)
         return jax.lax.scan(body, x_BxTxD, (state, keys))

@@ -293,7 +293,21 @@ def model_flops_per_step(cfg, vocab_size: int) -> dict[str, float]:
     executed = flops_per_token(*args, max_predictions(d.seq_len, d.mask_prob) / d.seq_len)
     if m.remat == "block":
         executed = {**executed, "total": executed["total"] + (executed["body"] + executed["attention"]) / 3}
+    elif m.remat == "dots":  # the projections' outputs are kept: only the attention products are re-run
+        executed = {**executed, "total": executed["total"] + executed["attention"] / 3}
     return {"model": model["total"] * tokens, "executed": executed["total"] * tokens, "tokens": tokens}
+
+
+def scan_count_scale(cfg, vocab_size: int) -> float:
+    """XLA's cost analysis counts a loop body once, so a scanned model (`model.scan_layers`) is counted as
+    if it had one shared layer. The plan scales its FLOPs and bytes by the formula's ratio between the real
+    depth and that one-layer model (1.0 when the layers are unrolled)."""
+    m = cfg.model
+    shared = m.num_layers - m.separate.layers
+    if not m.scan_layers or shared <= 1:
+        return 1.0
+    one = cfg.model_copy(update={"model": m.model_copy(update={"num_layers": m.separate.layers + 1})})
+    return model_flops_per_step(cfg, vocab_size)["executed"] / model_flops_per_step(one, vocab_size)["executed"]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -638,10 +652,13 @@ def plan(cfg, topology: Topology, *, with_eval: bool = True, memory_bytes: int |
         # XLA's cost analysis counts a loop body once: with grad_accum A the train step's micro-batch loop
         # (nearly all of its work) runs A times, so its figures are scaled by A (the optimizer update, which
         # runs once, is then over-counted: < 1% for these models)
-        loops = cfg.train.grad_accum if name == "train" else 1
-        if loops > 1:
+        # scanned layers: FLOPs scaled to the real depth; bytes only by the micro-batch loop (the optimizer
+        # update over all layers is outside the scan, so scaling it too would over-count): a lower bound
+        accum = cfg.train.grad_accum if name == "train" else 1
+        loops = accum * scan_count_scale(cfg, vocab)
+        if loops != 1:
             flops = flops * loops if flops is not None else None
-            accessed = accessed * loops if accessed is not None else None
+            accessed = accessed * accum if accessed is not None else None
         comm = sum(c.collectives.values()) if c.collectives else 0
         entry.update(
             fits=ok,
@@ -649,6 +666,7 @@ def plan(cfg, topology: Topology, *, with_eval: bool = True, memory_bytes: int |
             flops_per_device=flops,
             flops_per_step=flops * topology.devices if flops is not None else None,
             bytes_accessed_per_device=accessed,
+            bytes_accessed_is_lower_bound=bool(cfg.model.scan_layers),
             transcendentals_per_device=c.cost.get("transcendentals"),
             xla_optimal_seconds=c.cost.get("optimal_seconds") if (c.cost.get("optimal_seconds") or 0) > 0 else None,
             collective_bytes_per_device=c.collectives,
@@ -756,7 +774,8 @@ def format_report(p: dict[str, Any]) -> str:
         f = p["formula_flops_per_step"]
         lines.append(f"FLOPs per train step: {fmt_flops(tr['flops_per_step'])} (XLA cost analysis: "
                      f"{fmt_flops(tr['flops_per_device'])} per device x {p['devices']}"
-                     + (f", its micro-batch loop counted {tr['xla_loop_scale']} times" if tr.get("xla_loop_scale", 1) > 1 else "")
+                     + (f", its loops (micro-batches, scanned layers) scaled x{tr['xla_loop_scale']:.2f}"
+                        if tr.get("xla_loop_scale", 1) != 1 else "")
                      + "); documented formula "
                      f"(docs/benchmarks.md): {fmt_flops(f['executed'])} executed, {fmt_flops(f['model'])} model; "
                      f"XLA / executed = {tr['flops_vs_formula']:.3f}")
