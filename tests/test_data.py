@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from xlplastic.config import CorpusConfig, DataConfig, TokenizerConfig
+from xlplastic.data.cache import ShardedRows
 from xlplastic.data.pipeline import PackedLanguage, StepSampler, build_corpora, language_weights, pack_documents
 from xlplastic.data.sources import iter_texts
 from xlplastic.data.synthetic import CLASSES, generate, generate_corpus
@@ -189,7 +190,7 @@ def test_token_budget_and_cache(tmp_path, bpe):
     files = sorted(p.name for p in (tmp_path / "cache").iterdir())
     again = build_corpora(cfg, bpe, tmp_path / "cache")[0]
     assert sorted(p.name for p in (tmp_path / "cache").iterdir()) == files
-    assert isinstance(again.train, np.memmap)
+    assert isinstance(again.train, ShardedRows)  # read from the shard files by row id, not loaded
     np.testing.assert_array_equal(again.train, lang.train)
     np.testing.assert_array_equal(again.eval, lang.eval)
     other = build_corpora(_data_cfg(tmp_path, kind="synthetic", max_tokens=2000), bpe, tmp_path / "cache")[0]

@@ -175,6 +175,18 @@ def _cmd_export(args) -> int:
     return 0
 
 
+def _cmd_prepare(args) -> int:
+    """Tokenize and pack a config's corpora into its cache ahead of `run`, on every core and process."""
+    from xlplastic.config import load_config
+
+    cfg = load_config(args.config, args.set)
+    _distributed_init(args)
+    from xlplastic.prepare import prepare
+
+    prepare(cfg, Path(args.run_dir) if args.run_dir else Path("runs") / cfg.name, workers=args.workers)
+    return 0
+
+
 BENCHMARKS = {"train": "train_bench", "memory": "memory_bench", "analysis": "analysis_bench", "compile": "compile_bench"}
 
 
@@ -228,6 +240,17 @@ def build_parser() -> argparse.ArgumentParser:
                    help="this process's index, 0..N-1, different on each process; process 0 writes the outputs "
                    "(with --coordinator and --num-processes); env XLPLASTIC_PROCESS_ID")
     r.set_defaults(fn=_cmd_run)
+    pr = sub.add_parser("prepare", help="tokenize and pack a config's corpora into the data cache ahead of `run`, in "
+                        "parallel (all cores; all processes when launched like a multi-process run)")
+    pr.add_argument("config", help="YAML config of a masked-LM run")
+    pr.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key, as for run")
+    pr.add_argument("--run-dir", help="the run folder `run` will use (default runs/<name>): its tokenizer, and its "
+                    "data_cache unless data.cache_dir is set")
+    pr.add_argument("--workers", type=int, metavar="N", help="local worker processes (default: the CPU count)")
+    for flag in ("--coordinator", "--num-processes", "--distributed", "--process-id"):  # the same launch as `run`
+        action = next(x for x in r._actions if flag in x.option_strings)
+        pr._add_action(action)
+    pr.set_defaults(fn=_cmd_prepare)
     a = sub.add_parser("analyze", help="cross-lingual structure of one or two checkpoints: CKA, retrieval, word translation")
     a.add_argument("runs", nargs="+", metavar="RUN", help="run directories (their latest checkpoint) or hf:DIR (a Hugging "
                    "Face BERT/RoBERTa/XLM-R folder); two = compare models")

@@ -261,6 +261,10 @@ class DataConfig(_Strict):
     random_within_language: bool = False  # random replacements drawn from the row's language's own tokens
     cache_dir: str | None = None  # tokenized/packed corpus cache; default <run_dir>/data_cache
     data_dir: str | None = None  # root for relative corpus paths (e.g. ../shared/data)
+    # packing segments (data/segments.py): rows are packed per segment, so they do not depend on how many
+    # processes pack them; a file is cut every segment_bytes, any other source every segment_docs documents
+    segment_bytes: PosInt = 64 << 20
+    segment_docs: PosInt = 65536
 
     @model_validator(mode="after")
     def _check(self) -> "DataConfig":

@@ -28,9 +28,10 @@ def read_dictionary(path: Path, reverse: bool = False) -> dict[str, list[str]]:
     return out
 
 
-def code_switch(texts: Iterable[str], cfg: CodeSwitchConfig, data_dir: str | None = None) -> Iterator[str]:
+def code_switch(texts: Iterable[str], cfg: CodeSwitchConfig, data_dir: str | None = None, segment: int = 0) -> Iterator[str]:
     """`texts` with dictionary words switched (whitespace-separated words; case-sensitive lookup,
-    then the lower-cased word)."""
+    then the lower-cased word). `segment`: which packing segment of the corpus `texts` are (blocks
+    start again in each, with their own draws), so segments can be switched in any order."""
     from xlplastic.data.sources import resolve_path
 
     if not (0.0 <= cfg.rate <= 1.0 and 0.0 <= cfg.max_share <= 1.0 and cfg.block_words >= 1):
@@ -44,14 +45,14 @@ def code_switch(texts: Iterable[str], cfg: CodeSwitchConfig, data_dir: str | Non
         block.append(text.split())
         words += len(block[-1])
         if words >= cfg.block_words:
-            yield from _switch_block(block, words, table, cfg, index)
+            yield from _switch_block(block, words, table, cfg, (segment, index))
             block, words, index = [], 0, index + 1
     if block:
-        yield from _switch_block(block, words, table, cfg, index)
+        yield from _switch_block(block, words, table, cfg, (segment, index))
 
 
-def _switch_block(docs: list[list[str]], words: int, table: dict[str, list[str]], cfg: CodeSwitchConfig, index: int):
-    rng = np.random.default_rng([cfg.seed, 0xC0DE, index])
+def _switch_block(docs: list[list[str]], words: int, table: dict[str, list[str]], cfg: CodeSwitchConfig, index: tuple[int, int]):
+    rng = np.random.default_rng([cfg.seed, 0xC0DE, *index])
     spots = [(d, i) for d, doc in enumerate(docs) for i, w in enumerate(doc) if w in table or w.lower() in table]
     picked = np.flatnonzero(rng.random(len(spots)) < cfg.rate)
     cap = int(cfg.max_share * words)

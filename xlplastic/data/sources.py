@@ -16,6 +16,8 @@ from xlplastic.config import CorpusConfig
 from xlplastic.errors import UserError
 from xlplastic.paths import as_path, is_url
 
+TEXT_FILES = "a text file (one document per line), a folder of *.txt files or a glob (text/*.txt)"
+JSONL_FILES = "a JSONL file, a folder of *.jsonl files or a glob (data/*.jsonl)"
 _HF_BUILDERS = {".txt": "text", ".json": "json", ".jsonl": "json", ".parquet": "parquet", ".csv": "csv"}
 
 
@@ -46,8 +48,19 @@ def _lines(path: Path) -> Iterator[tuple[int, str]]:
                 yield n, line
 
 
-def _files(path: Path, suffixes: tuple[str, ...], what: str) -> list[Path]:
-    """A file, or the files of a folder with one of `suffixes`, in sorted order."""
+def corpus_files(path: Path, suffixes: tuple[str, ...], what: str) -> list[Path]:
+    """A file, the files of a folder with one of `suffixes`, or the files a glob matches (`text/*.txt`),
+    in sorted order."""
+    text = str(path)
+    if any(c in text for c in "*?["):
+        cut = min(text.find(c) for c in "*?[" if c in text)
+        head, _, stem = text[:cut].rpartition("/")
+        pattern = stem + text[cut:]  # relative to the folder before the first wildcard
+        root = as_path(head) if is_url(head) else Path(head or ".")
+        files = sorted((p for p in root.glob(pattern) if p.is_file()), key=str)
+        if not files:
+            raise UserError(f"{path}: matches no file; expected {what}")
+        return files
     if path.is_file():
         return [path]
     if path.is_dir():
@@ -59,13 +72,13 @@ def _files(path: Path, suffixes: tuple[str, ...], what: str) -> list[Path]:
 
 
 def _text(path: Path) -> Iterator[str]:
-    for f in _files(path, (".txt",), "a text file (one document per line) or a folder of *.txt files"):
+    for f in corpus_files(path, (".txt",), TEXT_FILES):
         for _, line in _lines(f):
             yield line
 
 
 def _jsonl(path: Path, field: str) -> Iterator[str]:
-    for f in _files(path, (".jsonl", ".json"), "a JSONL file or a folder of *.jsonl files"):
+    for f in corpus_files(path, (".jsonl", ".json"), JSONL_FILES):
         for n, line in _lines(f):
             try:
                 obj = json.loads(line)
@@ -99,7 +112,7 @@ def _hf(corpus: CorpusConfig, data_dir: str | None) -> Iterator[str]:
 
     if corpus.path:
         path = resolve_path(corpus.path, data_dir)
-        files = _files(path, tuple(_HF_BUILDERS), "local data files for `datasets`")
+        files = corpus_files(path, tuple(_HF_BUILDERS), "local data files for `datasets`")
         builders = {_HF_BUILDERS.get(f.suffix) for f in files}
         if None in builders or len(builders) != 1:
             raise UserError(f"{path}: cannot infer one `datasets` builder from {sorted({f.suffix for f in files})}; expected one of {sorted(_HF_BUILDERS)}")
