@@ -142,7 +142,7 @@ CASES = [
     Case("list-got-mapping", ["`data.corpora`", "valid list"], {"data": {"corpora": {"language": "x"}}}),
     Case("section-got-value", ["`model`"], {"model": 5}),
     Case("unknown-task-kind", ["`task.kind`", "'qaa'"], deep_merge(TASK, {"task": {"kind": "qaa"}})),
-    Case("remat-attention-removed", ["`model.remat`", "'none' or 'block'"], {"model": {"remat": "attention"}}),
+    Case("remat-attention-removed", ["`model.remat`", "'none', 'block' or 'dots'"], {"model": {"remat": "attention"}}),
     # --- numeric ranges ---------------------------------------------------------------------------------
     Case("mlm-steps-0", ["train.steps is 0", "expected >= 1"], {"train": {"steps": 0}}),
     Case("steps-negative", ["`train.steps`", "-1", "greater than or equal to 0"], {"train": {"steps": -1}}),

@@ -8,12 +8,12 @@ weights themselves are read by hf.py.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from xlplastic.errors import UserError
+from xlplastic.paths import read_json_object
 
 PREFIX = "hf:"
 # model_type -> (architectures accepted, the base model's key prefix in ...ForMaskedLM files)
@@ -89,12 +89,7 @@ def read_config(folder: str | Path) -> HFConfig:
     f = d / "config.json"
     if not f.is_file():
         raise UserError(f"{d}: no config.json; expected a Hugging Face model folder (save_pretrained)")
-    try:
-        raw = json.loads(f.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise UserError(f"{f}: not valid JSON ({e}); expected a Hugging Face config.json") from None
-    if not isinstance(raw, dict):
-        raise UserError(f"{f}: top level is a {type(raw).__name__}; expected a Hugging Face config.json object")
+    raw = read_json_object(f, "a Hugging Face config.json object")
     mt = raw.get("model_type")
     archs = tuple(raw.get("architectures") or ())
     if mt not in ARCHS:

@@ -135,3 +135,16 @@ def local_cache_dir(run_dir: AnyPath) -> Path:
 def local_only(path: str | None, what: str) -> None:
     if path and is_url(path):
         raise UserError(f"{what}={path}: must be a local folder (its files are memory-mapped); expected a local path")
+
+
+def read_json_object(path: AnyPath, expected: str) -> dict:
+    """A JSON file whose top level is an object; anything else is one UserError line saying `expected`."""
+    import json
+
+    try:
+        raw = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise UserError(f"{path}: not valid JSON ({type(e).__name__}: {e}); expected {expected}") from None
+    if not isinstance(raw, dict):
+        raise UserError(f"{path}: top level is a {type(raw).__name__}; expected {expected}")
+    return raw

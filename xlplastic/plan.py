@@ -182,22 +182,22 @@ def libtpu_path() -> str | None:
 # Pure arithmetic: bytes, collectives, OOM messages, roofline, model FLOPs
 
 
-def fmt_bytes(n: float | None) -> str:
+def _fmt_units(n: float | None, units, spec: str, base: str) -> str:
+    """`n` in the largest of `units` ((name, size), largest first) it reaches; `base` formats the rest."""
     if n is None:
         return "n/a"
-    for unit, size in (("GiB", GiB), ("MiB", 2**20), ("KiB", 2**10)):
+    for unit, size in units:
         if abs(n) >= size:
-            return f"{n / size:.2f} {unit}"
-    return f"{int(n)} B"
+            return f"{n / size:{spec}} {unit}"
+    return base.format(n)
+
+
+def fmt_bytes(n: float | None) -> str:
+    return _fmt_units(n, (("GiB", GiB), ("MiB", 2**20), ("KiB", 2**10)), ".2f", "{:.0f} B")
 
 
 def fmt_flops(n: float | None) -> str:
-    if n is None:
-        return "n/a"
-    for unit, size in (("PFLOP", 1e15), ("TFLOP", 1e12), ("GFLOP", 1e9), ("MFLOP", 1e6)):
-        if abs(n) >= size:
-            return f"{n / size:.3g} {unit}"
-    return f"{n:.3g} FLOP"
+    return _fmt_units(n, (("PFLOP", 1e15), ("TFLOP", 1e12), ("GFLOP", 1e9), ("MFLOP", 1e6)), ".3g", "{:.3g} FLOP")
 
 
 def fmt_seconds(s: float | None) -> str:

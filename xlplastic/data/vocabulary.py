@@ -26,7 +26,7 @@ from tokenizers import Tokenizer
 
 from xlplastic.data.tokenizer_json import read_tokenizer_json
 from xlplastic.errors import UserError
-from xlplastic.paths import as_path, is_url, write_text_atomic
+from xlplastic.paths import as_path, is_url, read_json_object, write_text_atomic
 
 FORMAT = "xlplastic-vocabulary/1"
 FILENAME = "vocabulary.json"
@@ -222,12 +222,9 @@ def load_vocabulary(path: str | Path) -> Vocabulary:
         p = p / FILENAME
     if not p.is_file():
         raise UserError(f"{p}: vocabulary file not found; expected the vocabulary.json of a multilingual run")
-    try:
-        meta = json.loads(p.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise UserError(f"{p}: not a valid vocabulary.json ({type(e).__name__}); expected the file xlplastic writes") from None
-    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
-        raise UserError(f"{p}: format is {meta.get('format') if isinstance(meta, dict) else None!r}; expected {FORMAT!r}")
+    meta = read_json_object(p, "the vocabulary.json that xlplastic writes")
+    if meta.get("format") != FORMAT:
+        raise UserError(f"{p}: format is {meta.get('format')!r}; expected {FORMAT!r}")
     cache: dict[str, Tokenizer] = {}
     toks = {}
     for l in meta["languages"]:
