@@ -72,9 +72,8 @@ def _losses(root, over, devices, n=5):
 
 CASES = {
     "dropout": ("model.dropout=0.1", "model.attention_dropout=0.1"),
-    "remat, pre-LN": ("model.remat=block", "model.norm=pre", "model.dropout=0.1"),
     "forgetting every 2": ("forgetting.every=2", "forgetting.warmup_steps=0", "model.dropout=0.1"),
-    "remat dots": ("model.remat=dots", "model.dropout=0.1", "model.attention_dropout=0.1"),
+    "remat dots, pre-LN": ("model.remat=dots", "model.norm=pre", "model.dropout=0.1", "model.attention_dropout=0.1"),
 }
 
 
