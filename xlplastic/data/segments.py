@@ -9,7 +9,6 @@ other sources (HF datasets, TFDS, synthetic) are cut every `segment_docs` docume
 from __future__ import annotations
 
 import itertools
-import json
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -91,19 +90,6 @@ def _range_lines(seg: Segment) -> Iterator[tuple[int, str]]:
             pos += len(raw)
 
 
-def _json_text(line: str, field: str, where) -> str:
-    try:
-        obj = json.loads(line)
-    except json.JSONDecodeError as e:
-        raise UserError(f"{where()}: not valid JSON ({e.msg}); expected one JSON object per line") from None
-    if not isinstance(obj, dict) or field not in obj:
-        raise UserError(f"{where()}: no field `{field}`; expected a JSON object with a `{field}` string")
-    text = obj[field]
-    if not isinstance(text, str):
-        raise UserError(f"{where()}: field `{field}` is a {type(text).__name__}; expected a string")
-    return text.strip()
-
-
 class SegmentReader:
     """Texts of a corpus's segments. Byte-range segments are read directly; stream segments through
     one cursor over the source that only moves forward (a process reads its segments in order)."""
@@ -122,7 +108,7 @@ class SegmentReader:
         if self.corpus.kind == "text":
             return (line for _, line in _range_lines(seg))
         field = self.corpus.field
-        texts = (_json_text(line, field, lambda pos=pos: f"{seg.file}:{_line_number(seg.file, pos)}")
+        texts = (sources.json_text(line, field, lambda pos=pos: f"{seg.file}:{_line_number(seg.file, pos)}")
                  for pos, line in _range_lines(seg))
         return (t for t in texts if t)
 

@@ -77,20 +77,25 @@ def _text(path: Path) -> Iterator[str]:
             yield line
 
 
+def json_text(line: str, field: str, where) -> str:
+    """The stripped string `field` of one JSONL line; `where()` names the place in the one-line errors."""
+    try:
+        obj = json.loads(line)
+    except json.JSONDecodeError as e:
+        raise UserError(f"{where()}: not valid JSON ({e.msg}); expected one JSON object per line") from None
+    if not isinstance(obj, dict) or field not in obj:
+        raise UserError(f"{where()}: no field `{field}`; expected a JSON object with a `{field}` string")
+    text = obj[field]
+    if not isinstance(text, str):
+        raise UserError(f"{where()}: field `{field}` is a {type(text).__name__}; expected a string")
+    return text.strip()
+
+
 def _jsonl(path: Path, field: str) -> Iterator[str]:
     for f in corpus_files(path, (".jsonl", ".json"), JSONL_FILES):
         for n, line in _lines(f):
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise UserError(f"{f}:{n}: not valid JSON ({e.msg}); expected one JSON object per line") from None
-            if not isinstance(obj, dict) or field not in obj:
-                raise UserError(f"{f}:{n}: no field `{field}`; expected a JSON object with a `{field}` string")
-            text = obj[field]
-            if not isinstance(text, str):
-                raise UserError(f"{f}:{n}: field `{field}` is a {type(text).__name__}; expected a string")
-            if text.strip():
-                yield text.strip()
+            if text := json_text(line, field, lambda f=f, n=n: f"{f}:{n}"):
+                yield text
 
 
 def _field(rows: Iterable[dict], field: str, where: str) -> Iterator[str]:
