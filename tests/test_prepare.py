@@ -59,7 +59,13 @@ def test_segments_pack_as_the_reference(eval_tokens, max_tokens, max_docs):
     segments = [[rng.integers(5, 50, size=rng.integers(0, 15)).astype(np.int32) for _ in range(rng.integers(1, 12))]
                 for _ in range(9)]
     ref_held, ref_train, ref_count = _reference(segments, 8, eval_tokens, max_tokens, max_docs)
-    plan, train = plan_segments([np.array([len(d) for d in s]) for s in segments], eval_tokens, max_tokens, max_docs)
+    lengths = [np.array([len(d) for d in s]) for s in segments]
+    asked = []
+    plan, train = plan_segments([(len(x), int(x.sum())) for x in lengths], lambda k: asked.append(k) or lengths[k],
+                                eval_tokens, max_tokens, max_docs)
+    starts = np.cumsum([0] + [len(x) + int(x.sum()) for x in lengths])[:-1]  # stream position of each segment
+    cut = {len(plan) - 1} if plan[-1].doc_limit is not None else set()
+    assert sorted(asked) == sorted({k for k in range(len(plan)) if starts[k] < eval_tokens} | cut)  # lengths read only there
     held, rows, count = [], [], 0
     for seg, params in zip(segments, plan):
         docs = seg[: params.doc_limit] if params.doc_limit is not None else seg
@@ -277,3 +283,26 @@ def test_corpus_glob_matching_no_file(copied, capsys):
     cfg.write_text(cfg.read_text().replace("text/syn.*.txt", "text/nothing.*.txt"))
     _one_line(capsys, _cli_prepare(cfg, tmp / "run"), "nothing.*.txt", "matches no file")
 
+
+def test_bench_data_small(tmp_path):
+    """`xlplastic bench data` end to end at toy sizes: throughput per worker count, memory, the margins."""
+    from xlplastic.bench import input_bench
+
+    src = tmp_path / "src"
+    src.mkdir()
+    from xlplastic.data.synthetic import generate_corpus
+
+    (src / "a.txt").write_text("\n".join(generate_corpus(800, 100, 1)) + "\n", encoding="utf-8")
+    out = tmp_path / "data.json"
+    assert cli.main(["bench", "data", "--json", str(out), "--text", str(src / "*.txt"), "--generate-mb", "1",
+                     "--workers", "1", "--vocab", "300", "--seq", "64", "--segment-mb", "1", "--rows", "100000",
+                     "--steps", "2", "--work", str(tmp_path)]) == 0
+    r = json.loads(out.read_text())
+    baseline, prep = r["prepare"]  # 1 process on 1 tokenizer thread, then --workers 1
+    assert baseline["tokenizer_threads"] == 1 and prep["tokenizer_threads"] == "all cores"
+    assert baseline["tokens"] == prep["tokens"] and baseline["rows"] == prep["rows"]  # the same corpus either way
+    assert prep["input_bytes"] > 1 << 20 and prep["shards"] >= 2 and prep["tokens_per_s"] > 0 and prep["peak_rss_bytes"] > 0
+    assert "cache_read" in prep and prep["cache_read"]["batch_s_median"] > 0  # batches from the real shards
+    assert {d["topology"] for d in r["device"]} == set(input_bench.TOPOLOGIES)
+    assert all(d["step_s"] > 0 and d["hosts"] >= 1 for d in r["device"])
+    assert not list(tmp_path.glob("xlplastic-bench-data-*"))  # the generated file is not left behind

@@ -187,7 +187,8 @@ def _cmd_prepare(args) -> int:
     return 0
 
 
-BENCHMARKS = {"train": "train_bench", "memory": "memory_bench", "analysis": "analysis_bench", "compile": "compile_bench"}
+BENCHMARKS = {"train": "train_bench", "memory": "memory_bench", "analysis": "analysis_bench", "compile": "compile_bench",
+              "data": "input_bench"}
 
 
 def _cmd_bench(args) -> int:
@@ -270,7 +271,8 @@ def build_parser() -> argparse.ArgumentParser:
     b = sub.add_parser(
         "bench",
         help="benchmarks: `train` (tokens/s vs HF PyTorch), `memory` (FSDP per-device state bytes), "
-        "`analysis` (CKA and CSLS kernels vs NumPy)",
+        "`analysis` (CKA and CSLS kernels vs NumPy), `data` (cache preparation tokens/s and sampler time per "
+        "batch vs a TPU step)",
         description="Options other than --json go to the benchmark, e.g. `xlplastic bench train --json out.json "
         "--layers 2`; `xlplastic bench train --help` lists the benchmark's own options.",
         add_help=False,  # -h after a benchmark name is that benchmark's help (handled in main)

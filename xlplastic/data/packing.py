@@ -128,35 +128,35 @@ def pack_segment(docs: Iterable[np.ndarray], params: SegmentParams, seq_len: int
     return SegmentPacked(held_stream, rows, count, np.asarray(lengths, np.int32))
 
 
-def plan_segments(lengths: Sequence[np.ndarray], eval_tokens: int, max_tokens: int | None,
+def plan_segments(counts: Sequence[tuple[int, int]], lengths_of, eval_tokens: int, max_tokens: int | None,
                   max_docs: int | None) -> tuple[list[SegmentParams], int]:
-    """Each segment's `SegmentParams` from every segment's document lengths, in order, and the
-    corpus's training content tokens. The list stops at the segment where a budget is reached (the
+    """Each segment's `SegmentParams` from every segment's (documents, content tokens), in order, and
+    the corpus's training content tokens. The list stops at the segment where a budget is reached (the
     segments after it are not used); the held-out tokens are the corpus stream's first `eval_tokens`.
 
+    `lengths_of(k)` (segment k's document lengths) is only asked for the few segments the held-out
+    part reaches or a document budget cuts, so planning a corpus of 10^9 documents holds one segment's.
     The same loop as `pack_segment`, on lengths only: so what it plans is what packing gives."""
     out: list[SegmentParams] = []
     need, train, docs = eval_tokens, 0, 0
-    for seg in lengths:
-        seg = np.asarray(seg, np.int64)
-        doc_limit = None
-        if max_docs is not None and docs + len(seg) >= max_docs:
-            doc_limit = max_docs - docs
-            seg = seg[:doc_limit]
-        docs += len(seg)
-        # held-out stream tokens this segment gives, and what each document keeps for training
-        stream = seg + 1
-        ends = np.cumsum(stream)
-        taken = np.clip(need - (ends - stream), 0, stream)  # stream tokens of each document held out
-        seg_eval = int(taken.sum())
-        keep = np.where(taken > 0, np.maximum(stream - taken - 1, 0), seg)  # content tokens left for training
-        need -= seg_eval
+    for k, (n_docs, n_tokens) in enumerate(counts):
+        doc_limit = max_docs - docs if max_docs is not None and docs + n_docs >= max_docs else None
+        seg_eval, kept = 0, n_tokens
+        if need > 0 or doc_limit is not None:
+            seg = np.asarray(lengths_of(k), np.int64)[:doc_limit]
+            stream = seg + 1  # held-out stream tokens this segment gives, and what each document keeps
+            ends = np.cumsum(stream)
+            taken = np.clip(need - (ends - stream), 0, stream)
+            seg_eval = int(taken.sum())
+            kept = int(np.where(taken > 0, np.maximum(stream - taken - 1, 0), seg).sum())
+            need -= seg_eval
+        docs += n_docs if doc_limit is None else doc_limit
         token_limit = None
-        if max_tokens is not None and train + int(keep.sum()) >= max_tokens:
+        if max_tokens is not None and train + kept >= max_tokens:
             token_limit = max_tokens - train
             train = max_tokens
         else:
-            train += int(keep.sum())
+            train += kept
         out.append(SegmentParams(seg_eval, token_limit, doc_limit))
         if token_limit is not None or doc_limit is not None:
             break

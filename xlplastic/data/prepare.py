@@ -3,7 +3,7 @@ jax.distributed processes, with the same bytes whatever their number.
 
 How: a corpus is an ordered list of segments (data/segments.py); segment k is packed by process
 k mod P (on one of its workers) with guessed `SegmentParams` (segment 0 gives the held-out tokens, no
-budget), and records its documents' lengths. From all lengths every process computes the same plan
+budget), and records its counts and its documents' lengths. From the counts every process computes the same plan
 (data/packing.py `plan_segments`): which segments are used and the few (the last one, before a budget,
 or after a short first one) whose params differ from the guess; those are packed again, then process 0
 writes the eval rows and the index. With a budget (`max_tokens`, `max_lines`) segments go in waves of a
@@ -152,6 +152,7 @@ def pack_one(reader: SegmentReader, tok, sp, corpus: CorpusConfig, seg: Segment,
     _save_npy(parts / f"{seg.index:06d}.held.npy", packed.held)
     stats = dict(segment=seg.index, params=[params.eval_tokens, params.token_limit, params.doc_limit],
                  held=len(packed.held), rows=packed.rows, train_tokens=packed.train_tokens, documents=len(packed.lengths),
+                 content_tokens=int(packed.lengths.sum(dtype=np.int64)),
                  shard=shard, bytes=seg.end - seg.start)
     (parts / f"{seg.index:06d}.json").write_text(json.dumps(stats))
     return stats
@@ -222,21 +223,40 @@ def _barrier(share: Share, name: str) -> None:
         barrier(name)
 
 
-class _Packer:
-    """Runs segment jobs in this process or on a pool of local worker processes."""
+class _Workers:
+    """The local worker processes of one build, shared by all its corpora (a spawned worker costs about
+    a second to start: a pool per corpus made a 2-worker build of 11 small files slower than 1 worker)."""
 
-    def __init__(self, corpus: CorpusConfig, cfg: DataConfig, tok, sp, folder: cache_lib.AnyPath, share: Share, streamed: bool):
+    def __init__(self, tok, workers: int):
+        self.tok, self.workers, self._pool = tok, workers, None
+
+    def pool(self):
+        if self._pool is None and self.workers > 1:
+            import multiprocessing
+            from concurrent.futures import ProcessPoolExecutor
+
+            from xlplastic.data.tokenizers import special_tokens
+
+            self._pool = ProcessPoolExecutor(self.workers, mp_context=multiprocessing.get_context("spawn"),
+                                             initializer=_worker_init, initargs=(self.tok, special_tokens(self.tok)))
+        return self._pool
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(cancel_futures=True)
+            self._pool = None
+
+
+class _Packer:
+    """Runs segment jobs in this process or on the build's local worker processes."""
+
+    def __init__(self, corpus: CorpusConfig, cfg: DataConfig, tok, sp, folder: cache_lib.AnyPath, workers: _Workers,
+                 streamed: bool):
         self.corpus, self.cfg, self.tok, self.sp, self.folder = corpus, cfg, tok, sp, folder
         self.reader = SegmentReader(corpus, cfg.data_dir, cfg.segment_docs)
         # a stream is read by one cursor per process (workers would each read it all); HF tokenizers
         # still encode each batch on every core
-        self.pool = None
-        if share.workers > 1 and not streamed:
-            import multiprocessing
-            from concurrent.futures import ProcessPoolExecutor
-
-            self.pool = ProcessPoolExecutor(share.workers, mp_context=multiprocessing.get_context("spawn"),
-                                            initializer=_worker_init, initargs=(tok, sp))
+        self.pool = None if streamed else workers.pool()
 
     def run(self, jobs: list[tuple[Segment, SegmentParams]], done: Callable[[dict], None]) -> None:
         if self.pool is None:
@@ -247,12 +267,12 @@ class _Packer:
 
         futures = [self.pool.submit(_worker_job, self.corpus.model_dump_json(), self.cfg.data_dir, self.cfg.segment_docs,
                                     seg, params, str(self.folder), self.cfg.seq_len) for seg, params in jobs]
-        for f in as_completed(futures):
-            done(f.result())
-
-    def close(self) -> None:
-        if self.pool is not None:
-            self.pool.shutdown(cancel_futures=True)
+        try:
+            for f in as_completed(futures):
+                done(f.result())
+        finally:
+            for f in futures:  # on an error, this corpus's jobs not yet started are dropped
+                f.cancel()
 
 
 def _together(share: Share, folder, name: str, work: Callable[[], None]) -> None:
@@ -280,8 +300,10 @@ def _stats(folder: cache_lib.AnyPath, k: int) -> dict:
     return json.loads((folder / PARTS / f"{k:06d}.json").read_text())
 
 
-def build_corpus(corpus: CorpusConfig, tok, cfg: DataConfig, folder: cache_lib.AnyPath, share: Share) -> None:
-    """Packs `corpus` into `folder` (every process of the share calls this; process 0 writes the index)."""
+def build_corpus(corpus: CorpusConfig, tok, cfg: DataConfig, folder: cache_lib.AnyPath, share: Share,
+                 workers: _Workers | None = None) -> None:
+    """Packs `corpus` into `folder` (every process of the share calls this; process 0 writes the index),
+    on `workers` (the build's pool; by default one of its own, closed after)."""
     from xlplastic.data.tokenizers import special_tokens
 
     sp = special_tokens(tok)
@@ -294,12 +316,18 @@ def build_corpus(corpus: CorpusConfig, tok, cfg: DataConfig, folder: cache_lib.A
     budget = corpus.max_tokens is not None or corpus.max_lines is not None
     total_bytes = sum(s.end - s.start for s in listed) if listed is not None else None
     progress = _Progress(share.progress and share.process_index == 0, f"{corpus.language}", total_bytes, corpus.max_tokens)
-    packer = _Packer(corpus, cfg, tok, sp, folder, share, streamed=listed is None)
+    own = workers is None
+    workers = _Workers(tok, share.workers) if own else workers
+    packer = _Packer(corpus, cfg, tok, sp, folder, workers, streamed=listed is None)
     wave = share.process_count * share.workers * _WAVE_PER_WORKER
     finished = False
     try:
-        lengths: list[np.ndarray] = []
+        counts: list[tuple[int, int]] = []  # (documents, content tokens) per segment
         held: dict[int, int] = {}
+
+        def lengths_of(j: int) -> np.ndarray:
+            return _load_npy(folder / PARTS / f"{j:06d}.lengths.npy")
+
         k, ended = 0, False
         while not ended:
             if listed is not None:
@@ -311,27 +339,28 @@ def build_corpus(corpus: CorpusConfig, tok, cfg: DataConfig, folder: cache_lib.A
                       lambda: packer.run([(segs[j], _guess(j, eval_tokens)) for j in share.mine(ks)], progress.update))
             for j in ks:
                 s = _stats(folder, j)
-                lengths.append(_load_npy(folder / PARTS / f"{j:06d}.lengths.npy"))
+                counts.append((s["documents"], s["content_tokens"]))
                 held[j] = s["held"]
                 if listed is None and s["documents"] < cfg.segment_docs:
                     ended = True  # the stream ended in this segment: the ones after it are empty
             k = ks[-1] + 1 if ks else k
             if listed is not None and k >= len(listed):
                 ended = True
-            plan, _ = plan_segments(lengths, eval_tokens, corpus.max_tokens, corpus.max_lines)
-            if len(plan) < len(lengths) or (plan and (plan[-1].token_limit is not None or plan[-1].doc_limit is not None)):
+            plan, _ = plan_segments(counts, lengths_of, eval_tokens, corpus.max_tokens, corpus.max_lines)
+            if len(plan) < len(counts) or (plan and (plan[-1].token_limit is not None or plan[-1].doc_limit is not None)):
                 ended = True
-        plan, _ = plan_segments(lengths, eval_tokens, corpus.max_tokens, corpus.max_lines)
+        plan, _ = plan_segments(counts, lengths_of, eval_tokens, corpus.max_tokens, corpus.max_lines)
         used = len(plan)
         redo = [j for j, p in enumerate(plan) if p != SegmentParams(held[j], None, None)]
         _together(share, folder, "redo", lambda: packer.run(
             [(listed[j] if listed is not None else Segment(j), plan[j]) for j in share.mine(redo)], lambda s: None))
         finished = True
     finally:
-        packer.close()
+        if own:
+            workers.close()
         progress.close(finished)
     if share.process_index == 0:
-        for j in range(used, len(lengths)):  # packed in the last wave but past the budget
+        for j in range(used, len(counts)):  # packed in the last wave but past the budget
             (folder / f"train-{j:06d}.npy").unlink(missing_ok=True)
     _barrier(share, f"cache-packed-{folder.name}")
     stats = [_stats(folder, j) for j in range(used)]  # every process checks, so every process stops on bad data
@@ -390,13 +419,17 @@ def build_corpora(cfg: DataConfig, tokenizer, cache_dir, share: Share | None = N
     share = share or Share(hint=True)
     sha = tokenizer_sha(tokenizer)
     out = []
-    for corpus in cfg.corpora:
-        folder = cache_folder(corpus, cfg, cache_dir)
-        if cache_lib.read_index(folder) is None:
-            if share.hint and share.process_index == 0:
-                print(f"xlplastic: building the data cache of {describe(corpus)} in {folder}; for a big corpus, "
-                      "prepare it ahead in parallel with `xlplastic prepare CONFIG` (all cores, and all processes "
-                      "of a multi-host launch)", flush=True)
-            build_corpus(corpus, tokenizer, cfg, folder, share)
-        out.append(cache_lib.open_cache(folder, sha, verify=verify))
+    workers = _Workers(tokenizer, share.workers)
+    try:
+        for corpus in cfg.corpora:
+            folder = cache_folder(corpus, cfg, cache_dir)
+            if cache_lib.read_index(folder) is None:
+                if share.hint and share.process_index == 0:
+                    print(f"xlplastic: building the data cache of {describe(corpus)} in {folder}; for a big corpus, "
+                          "prepare it ahead in parallel with `xlplastic prepare CONFIG` (all cores, and all processes "
+                          "of a multi-host launch)", flush=True)
+                build_corpus(corpus, tokenizer, cfg, folder, share, workers)
+            out.append(cache_lib.open_cache(folder, sha, verify=verify))
+    finally:
+        workers.close()
     return out

@@ -1,0 +1,230 @@
+"""`xlplastic bench data`: is the input pipeline fast enough for a TPU slice?
+
+Two sides, per host:
+* preparation (`xlplastic prepare`'s code path, data/prepare.py): tokens/s packing the shared text files
+  plus a generated file of `--generate-mb` (lines of those files, each copy in its own shuffled order; not
+  checked in): one process encoding on one thread (the per-core baseline), one process letting HF
+  tokenizers use every core, and 2 worker processes; with the peak resident memory of the process tree;
+* the step sampler: host seconds per global batch of 2048 x 512, over a synthetic index of 10^8 rows
+  (data_bench.sampler_host_time: which rows, and the gather) and over the cache just prepared (real
+  memory-mapped shards, `cache_read`); one host gathering the whole global batch, the worst case,
+against the step time the FLOPs formula (plan.model_flops_per_step at RoBERTa-base scale) predicts for a
+v5e / v5p slice at its peak bf16 rate: the lower bound of a step, so the most data a host must supply.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as _dt
+import glob
+import json
+import os
+import resource
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from xlplastic.bench.common import check_json_path, write_json
+
+REPO = Path(__file__).resolve().parents[2]
+TOPOLOGIES = ("v5e-256", "v5p-128")
+
+
+def generate_text(sources: list[str], out: Path, megabytes: int, seed: int = 0) -> int:
+    """A text file of about `megabytes` MB: the sources' lines, each copy in a new shuffled order."""
+    lines = [l for f in sources for l in Path(f).read_text(encoding="utf-8").splitlines() if l.strip()]
+    rng = np.random.default_rng(seed)
+    want, size = megabytes << 20, 0
+    with open(out, "w", encoding="utf-8") as f:
+        while size < want:
+            block = "\n".join(lines[i] for i in rng.permutation(len(lines))) + "\n"
+            f.write(block)
+            size += len(block.encode("utf-8"))
+    return out.stat().st_size
+
+
+def _max_rss_bytes(who) -> int:
+    return resource.getrusage(who).ru_maxrss * 1024  # Linux reports KiB
+
+
+class PeakMemory:
+    """Peak resident bytes of this process plus its children (the workers), polled from /proc (Linux)."""
+
+    def __init__(self, every_s: float = 0.05):
+        import threading
+
+        self.peak, self.every_s = 0, every_s
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._poll, daemon=True)
+
+    def __enter__(self) -> "PeakMemory":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    @staticmethod
+    def _rss(pid: int) -> int:
+        try:
+            with open(f"/proc/{pid}/statm") as f:
+                return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+        except (OSError, ValueError, IndexError):
+            return 0
+
+    def _tree(self, pid: int) -> list[int]:
+        try:
+            with open(f"/proc/{pid}/task/{pid}/children") as f:
+                kids = [int(c) for c in f.read().split()]
+        except OSError:
+            kids = []
+        return [pid] + [k for c in kids for k in self._tree(c)]
+
+    def _poll(self) -> None:
+        while not self._stop.is_set():
+            self.peak = max(self.peak, sum(self._rss(p) for p in self._tree(os.getpid())))
+            self._stop.wait(self.every_s)
+
+
+def cache_read_time(langs, batch: int, steps: int) -> dict:
+    """Host seconds per global batch drawn by `StepSampler` from a real prepared cache (memory-mapped
+    shards, just written, so mostly from the page cache): the synthetic sampler figure plus real reads."""
+    from xlplastic.data.pipeline import StepSampler
+
+    sampler = StepSampler(langs, batch, 0, 1.0)
+    sampler.batch(0)  # opens the shards
+    times = []
+    for s in range(1, steps + 1):
+        t = time.perf_counter()
+        sampler.batch(s)
+        times.append(time.perf_counter() - t)
+    return {"batch": batch, "batch_s_median": float(np.median(times)), "batch_s_max": float(np.max(times))}
+
+
+def prepare_throughput(files: list[str], tokenizer, workers: int, threads: bool, seq_len: int, segment_mb: int,
+                       work: Path, read_steps: int = 0) -> dict:
+    """One cold build of a text corpus per file with `workers` local processes. With `threads` a lone
+    process lets HF tokenizers encode each batch on every core (what `xlplastic prepare --workers 1`
+    does); without, it encodes on one thread: the per-core baseline the process scaling is read against."""
+    from xlplastic.config import CorpusConfig, DataConfig
+    from xlplastic.data.prepare import Share, build_corpora
+
+    corpora = [CorpusConfig(language=f"c{i}", kind="text", path=f) for i, f in enumerate(files)]
+    cfg = DataConfig(corpora=corpora, seq_len=seq_len, eval_sequences=8, segment_bytes=segment_mb << 20)
+    cache = work / f"cache-{workers}"
+    shutil.rmtree(cache, ignore_errors=True)
+    before = os.environ.get("TOKENIZERS_PARALLELISM")
+    if not threads:
+        os.environ["TOKENIZERS_PARALLELISM"] = "false"  # read by HF tokenizers at every batch
+    try:
+        t, cpu = time.perf_counter(), time.process_time()
+        with PeakMemory() as mem:
+            langs = build_corpora(cfg, tokenizer, cache, Share(workers=workers, progress=True))
+        wall, cpu = time.perf_counter() - t, time.process_time() - cpu
+    finally:
+        if before is None:
+            os.environ.pop("TOKENIZERS_PARALLELISM", None)
+        else:
+            os.environ["TOKENIZERS_PARALLELISM"] = before
+    tokens = sum(l.num_tokens + len(l.eval) * (seq_len - 2) for l in langs)
+    shards = sum(len(json.loads(p.read_text())["shards"]) for p in cache.glob("*/index.json"))
+    out = {"workers": workers, "tokenizer_threads": "all cores" if threads and workers == 1 else 1,
+           "wall_s": wall, "main_process_cpu_s": cpu, "tokens": tokens, "tokens_per_s": tokens / wall,
+           "rows": sum(len(l.train) + len(l.eval) for l in langs), "shards": shards,
+           "input_bytes": sum(os.path.getsize(f) for f in files), "peak_rss_bytes": mem.peak}
+    if read_steps:
+        out["cache_read"] = cache_read_time(langs, 2048, read_steps)
+    del langs
+    shutil.rmtree(cache, ignore_errors=True)
+    return out
+
+
+def device_step(topology: str, batch: int = 2048, seq_len: int = 512, vocab: int = 50265) -> dict:
+    """RoBERTa-base's executed FLOPs per step over the slice's peak bf16 FLOP/s: a step's lower bound."""
+    from xlplastic.config import load_config
+    from xlplastic.plan import model_flops_per_step, parse_topology
+
+    cfg = load_config(REPO / "configs" / "roberta_base.yaml", [f"train.batch_size={batch}", f"data.seq_len={seq_len}"])
+    topo = parse_topology(topology)
+    flops = model_flops_per_step(cfg, vocab)["executed"]
+    step = flops / (topo.devices * topo.chip.peak_bf16_flops)
+    hosts = max(topo.devices // int(np.prod(topo.chips_per_host_bounds)), 1)
+    return {"topology": topology, "chips": topo.devices, "hosts": hosts, "flops_per_step": flops, "step_s": step,
+            "tokens_per_s_per_host": batch * seq_len / step / hosts, "rows_per_s_per_host": batch / step / hosts}
+
+
+def run(args) -> dict[str, Any]:
+    from xlplastic.config import CorpusConfig, TokenizerConfig
+    from xlplastic.data.sources import iter_texts
+    from xlplastic.data.tokenizers import train_tokenizer
+
+    sources = sorted(glob.glob(args.text))
+    if not sources:
+        raise SystemExit(f"--text {args.text}: matches no file")
+    work = Path(tempfile.mkdtemp(prefix="xlplastic-bench-data-", dir=args.work))
+    try:
+        big = work / "generated.txt"
+        generated = generate_text(sources, big, args.generate_mb) if args.generate_mb else 0
+        texts = (t for f in sources for t in iter_texts(CorpusConfig(kind="text", path=f)))
+        tok = train_tokenizer(texts, TokenizerConfig(kind="bpe", vocab_size=args.vocab))
+        files = sources + ([str(big)] if generated else [])
+        runs = ([(1, False)] if args.single_thread_baseline else []) + [(w, True) for w in args.workers]
+        prep = [prepare_throughput(files, tok, w, threads, args.seq, args.segment_mb, work,
+                                   read_steps=args.steps if i == len(runs) - 1 else 0)
+                for i, (w, threads) in enumerate(runs)]
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    from xlplastic.bench.data_bench import sampler_host_time
+
+    sampler = sampler_host_time(rows=args.rows, batch=2048, seq_len=512, steps=args.steps, with_permutation=False)
+    devices = [device_step(t) for t in TOPOLOGIES]
+    per_batch = sampler["feistel"]["batch_s_median"]
+    read = next(p["cache_read"] for p in prep if "cache_read" in p)["batch_s_median"]
+    return {
+        "date": _dt.date.today().isoformat(), "machine": f"{os.cpu_count()}-core CPU", "text": sources,
+        "generated_bytes": generated, "vocab": args.vocab, "seq_len": args.seq, "segment_mb": args.segment_mb,
+        "prepare": prep,
+        "max_rss_bytes": {"process": _max_rss_bytes(resource.RUSAGE_SELF),  # tokenizer training included
+                          "largest_worker": _max_rss_bytes(resource.RUSAGE_CHILDREN)},
+        "sampler": {"rows": args.rows, "batch_s_median": per_batch, "index_s_median": sampler["feistel"]["index_s_median"],
+                    "peak_bytes": sampler["feistel"]["peak_bytes"]},
+        "device": [{**d, "sampler_share_of_step": per_batch / d["step_s"],
+                    "sampler_margin": d["step_s"] / per_batch, "cache_read_margin": d["step_s"] / read,
+                    "prepare_margin": max(p["tokens_per_s"] for p in prep) / d["tokens_per_s_per_host"]} for d in devices],
+    }
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="xlplastic bench data", description=__doc__.split("\n\n")[0])
+    p.add_argument("--text", default=str(REPO.parent / "shared" / "data" / "text" / "*.txt"), help="glob of text files")
+    p.add_argument("--generate-mb", type=int, default=2048, help="MiB of generated text added as one more corpus (0: none)")
+    p.add_argument("--workers", type=int, nargs="+", default=[1, 2], help="worker processes to compare")
+    p.add_argument("--no-single-thread-baseline", dest="single_thread_baseline", action="store_false",
+                   help="skip the 1-process, 1-tokenizer-thread build (the per-core baseline)")
+    p.add_argument("--vocab", type=int, default=32000, help="BPE vocabulary trained on the text files")
+    p.add_argument("--seq", type=int, default=512)
+    p.add_argument("--segment-mb", type=int, default=64, help="data.segment_bytes in MiB")
+    p.add_argument("--rows", type=int, default=10**8, help="rows of the sampler's synthetic corpus")
+    p.add_argument("--steps", type=int, default=20, help="sampler steps timed")
+    p.add_argument("--work", default=None, help="folder for the generated file and caches (default: the temp dir)")
+    p.add_argument("--json", help="write the figures to this JSON file")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(sys.argv[1:] if argv is None else argv)
+    check_json_path(args.json)
+    r = run(args)
+    print(json.dumps(r, indent=2))
+    write_json(args.json, r)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
