@@ -23,6 +23,7 @@ from xlplastic.errors import UserError
 from xlplastic.forgetting import redraw_groups
 from xlplastic.groups import base_group, path_str, selects
 from xlplastic.hf_config import hf_dir
+from xlplastic.paths import as_path
 
 _INIT_STREAM = 0x1A17
 
@@ -147,7 +148,7 @@ def map_vocabulary(icfg: InitConfig, abstract: dict, flat_axes: dict, tokenizer,
         raise UserError("init.map_embeddings needs a run to take the embeddings from; expected map_embeddings.from_run or init.from_run")
     if tokenizer is None:
         raise UserError("init.map_embeddings needs this run's tokenizer; expected a run with data.tokenizer")
-    src_tok = load_tokenizer(run_tokenizer_path(Path(run)))
+    src_tok = load_tokenizer(run_tokenizer_path(as_path(run)))
     for name, tok in (("this run's", tokenizer), (f"{run}'s", src_tok)):
         if not hasattr(tok, "to_str") or not _is_wordlevel(tok):
             raise UserError(f"init.map_embeddings: {name} tokenizer is not word-level; expected data.tokenizer.kind: "

@@ -14,6 +14,7 @@ from pathlib import Path
 import errno
 
 from xlplastic.errors import UserError
+from xlplastic.paths import as_path, is_url
 
 WRITE_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EIO, errno.EFBIG, errno.EACCES)
 
@@ -107,12 +108,7 @@ def _cmd_run(args) -> int:
     _distributed_init(args)
     from xlplastic.runtime import check_run_dir, remove_if_untrained
 
-    from xlplastic.paths import as_path, is_url
-
     wanted = as_path(args.run_dir) if args.run_dir else Path("runs") / cfg.name
-    if is_url(wanted) and (cfg.pipeline is not None or cfg.lab is not None):
-        raise UserError(f"--run-dir {wanted}: {'pipeline' if cfg.pipeline is not None else 'lab'} runs need a local "
-                        "run directory; expected a local path (or the bucket mounted with gcsfuse)")
     if is_url(wanted):
         check_run_dir(wanted)  # an unreachable or unwritable bucket is one line before anything asks it more
     created = not wanted.exists()
@@ -152,7 +148,7 @@ def _cmd_analyze(args) -> int:
         raise UserError(f"{len(names)} --name values for {len(args.runs)} run(s); expected at most one per run")
     models = [reps.load_model(r, name=names[i] if i < len(names) else None) for i, r in enumerate(args.runs)]
     if args.config or not str(args.runs[0]).startswith("hf:"):
-        source = Path(args.config) if args.config else models[0].run_dir / "config.yaml"
+        source = args.config or models[0].run_dir / "config.yaml"
         cfg = load_config(source, args.set)
     else:  # an HF model has no config.yaml: the analysis section comes from --set alone
         from xlplastic.config import apply_overrides, validate
@@ -160,7 +156,7 @@ def _cmd_analyze(args) -> int:
         cfg = validate(apply_overrides({}, args.set), source="--set", run=True)
     acfg = analysis_section(cfg)
     data_dir = cfg.data.data_dir or models[0].cfg.data.data_dir
-    out = Path(args.run_dir) if args.run_dir else Path("runs") / ("analysis-" + "-".join(m.name for m in models))
+    out = as_path(args.run_dir) if args.run_dir else Path("runs") / ("analysis-" + "-".join(m.name for m in models))
     analyze(models, acfg, out, data_dir)
     print(f"analysis: results in {out / 'results.json'}, report in {out / 'report.md'}", flush=True)
     return 0
@@ -183,7 +179,7 @@ def _cmd_prepare(args) -> int:
     _distributed_init(args)
     from xlplastic.prepare import prepare
 
-    prepare(cfg, Path(args.run_dir) if args.run_dir else Path("runs") / cfg.name, workers=args.workers)
+    prepare(cfg, as_path(args.run_dir) if args.run_dir else Path("runs") / cfg.name, workers=args.workers)
     return 0
 
 

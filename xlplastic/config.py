@@ -21,6 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationIn
 
 from xlplastic.errors import UserError
 from xlplastic.groups import GROUPS, base_group, model_groups
+from xlplastic.paths import as_path
 
 
 class _Loader(yaml.SafeLoader):
@@ -714,8 +715,9 @@ def deep_merge(base: dict, over: dict) -> dict:
 
 
 def load_raw(path: str | Path, _seen: tuple[Path, ...] = ()) -> dict[str, Any]:
-    """Reads a YAML config and its `base:` chain (paths relative to the including file)."""
-    path = Path(path).resolve()
+    """Reads a YAML config and its `base:` chain (paths relative to the including file; a `gs://`
+    config, e.g. a stage's of a run in a bucket, too)."""
+    path = as_path(path, resolve=True)
     if path in _seen:
         chain = " -> ".join(p.name for p in (*_seen[_seen.index(path):], path))
         raise UserError(f"{path}: `base:` inheritance loops back to itself ({chain}); expected a chain that ends")

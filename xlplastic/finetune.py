@@ -30,6 +30,7 @@ from xlplastic.hf_config import resolve as resolve_hf
 from xlplastic.hf_config import uses_hf
 from xlplastic.loop import Checkpoints, RowLogger, every, restore_or_init, train_loop
 from xlplastic.metrics import MetricsLog, Progress
+from xlplastic.paths import as_path
 from xlplastic.record import check_rerun, write_config
 from xlplastic.run import RunResult
 from xlplastic.runtime import StopRequest, check_run_dir, is_main, local_rows, log, sha, write_json
@@ -138,7 +139,7 @@ def run_task(cfg: Config, run_dir: str | Path, *, stage: str = "task_adapt", sto
     vocab = cfg.model.vocab_size or tokenizer.get_vocab_size()
 
     labels_file = run_dir / "labels.json"
-    base_labels = Path(cfg.init.from_run or "") / "labels.json"
+    base_labels = as_path(cfg.init.from_run or ".") / "labels.json"
     if tcfg.steps > 0:
         train_ex = read_split(task, task.train, dd, task.max_train_examples, hf_split="train")
         label_map = readers.label_map(train_ex)

@@ -25,10 +25,11 @@ def is_url(p) -> bool:
 
 
 def as_path(p, *, resolve: bool = False) -> AnyPath:
-    """`gs://...` -> an epath.Path; anything else -> pathlib.Path (absolute with `resolve`)."""
+    """`gs://...` -> an epath.Path; anything else -> pathlib.Path, `~` expanded (absolute with `resolve`)."""
     if is_url(p):
         return _remote(str(p))
-    return Path(p).resolve() if resolve else Path(p)
+    local = Path(p).expanduser()
+    return local.resolve() if resolve else local
 
 
 def _remote(url: str):
@@ -76,6 +77,18 @@ def write_text_atomic(path: AnyPath, text: str) -> None:
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(text, encoding="utf-8")
     tmp.replace(path)
+
+
+def save_figure(fig, path: AnyPath, **savefig_kw) -> None:
+    """Saves a matplotlib figure as bytes first (matplotlib cannot open a bucket object), then closes it."""
+    import io
+
+    import matplotlib.pyplot as plt
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format=str(path).rsplit(".", 1)[-1], **savefig_kw)
+    plt.close(fig)
+    path.write_bytes(buf.getvalue())
 
 
 def append_text(path: AnyPath, text: str) -> None:

@@ -14,6 +14,8 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any, Callable
 
+from xlplastic.paths import as_path, save_figure
+
 log = logging.getLogger(__name__)
 
 _FIXED_COLOURS = {"standard": "tab:blue", "forgetting": "tab:orange"}
@@ -219,14 +221,11 @@ def _figure(n: int, max_panels: int = 6, size: tuple[float, float] = (4.4, 3.3))
 
 
 def _save(fig, path: Path, axes: list) -> bool:
-    import matplotlib.pyplot as plt
-
     for ax in axes:
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
+    save_figure(fig, path)
     return True
 
 
@@ -349,7 +348,7 @@ def write_pipeline_report(
 
     `headline` ({task, metric, source, chance: {language: score}, tokenizer}) names the task the report leads
     with: one table of source / zero-shot / oracle per model, one plot, one sentence on what they mean."""
-    run_dir = Path(run_dir)
+    run_dir = as_path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     summary, curves = list(summary or []), dict(curves or {})
     stage = {s: [r for r in summary if r.get("stage") == s]

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import io
 from pathlib import Path
 from typing import Any
 
 from xlplastic.config import Config
+from xlplastic.paths import save_figure
 
 
 def plot_losses(rows: list[dict[str, Any]], path: Path) -> bool:
@@ -28,10 +28,7 @@ def plot_losses(rows: list[dict[str, Any]], path: Path) -> bool:
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
-    png = io.BytesIO()  # bytes first: a run folder may be a bucket, which matplotlib cannot open
-    fig.savefig(png, format="png")
-    plt.close(fig)
-    path.write_bytes(png.getvalue())
+    save_figure(fig, path)  # a run folder may be a bucket
     return True
 
 

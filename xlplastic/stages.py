@@ -28,6 +28,7 @@ from xlplastic.errors import UserError
 from xlplastic.forgetting import reset_steps
 from xlplastic.hf_config import hf_dir
 from xlplastic.hf_config import read_config as read_hf_config
+from xlplastic.paths import as_path, write_text_atomic
 from xlplastic.record import check_rerun
 from xlplastic.run import RunResult
 from xlplastic.runtime import barrier, is_main, log, write_json
@@ -73,7 +74,7 @@ def _done(d: Path) -> dict | None:
 def _target_tokenizer_path(cfg: Config, target, run_dir: Path) -> Path:
     """Where the target language's tokenizer is (or will be, once _target_tokenizer has trained it)."""
     tcfg = target.tokenizer or cfg.data.tokenizer
-    return Path(tcfg.path) if tcfg.path else run_dir / "tokenizers" / target.language / "tokenizer.json"
+    return as_path(tcfg.path) if tcfg.path else run_dir / "tokenizers" / target.language / "tokenizer.json"
 
 
 def _target_tokenizer(cfg: Config, target, run_dir: Path) -> Path:
@@ -89,9 +90,7 @@ def _target_tokenizer(cfg: Config, target, run_dir: Path) -> Path:
         out.parent.mkdir(parents=True, exist_ok=True)
         corpus = target.corpus.model_copy(update={"max_tokens": None})
         tok = train_tokenizer(iter_texts(corpus, cfg.data.data_dir), tcfg)
-        tmp = out.with_suffix(".tmp")
-        tok.save(str(tmp))
-        tmp.replace(out)
+        write_text_atomic(out, tok.to_str(pretty=True))  # what tok.save writes; also into a bucket
     barrier(f"tokenizer-{target.language}")
     return out
 
@@ -140,7 +139,7 @@ class _Sweep:
         p = self.pcfg.pretrained
         if m in p and (d := hf_dir(p[m])) is not None:
             return Path(f"hf:{d.resolve()}")
-        return Path(p[m]).resolve() if m in p else self.run_dir / "pretrain" / self.tag(m, seed)
+        return as_path(p[m], resolve=True) if m in p else self.run_dir / "pretrain" / self.tag(m, seed)
 
     def hf_base(self, m: str) -> Path | None:
         """The HF model a variant starts from: `pipeline.pretrained[m]: hf:DIR` or its `init.from_hf`."""
@@ -253,7 +252,7 @@ def check_pipeline(cfg: Config, run_dir: str | Path) -> int:
         from xlplastic.data.lab import check_lab_config
 
         check_lab_config(cfg.lab)
-    run_dir = Path(run_dir).resolve()
+    run_dir = as_path(run_dir, resolve=True)
     sweep = _Sweep(_with_lab_dir(cfg, run_dir), run_dir, TASK_TRAINABLE)
     n = 0
     for _, build in sweep.every_stage():
@@ -268,7 +267,7 @@ def run_pipeline(cfg: Config, run_dir: str | Path, *, only: list[str] | None = N
     from xlplastic.run import run
 
     pcfg = cfg.pipeline
-    run_dir = Path(run_dir).resolve()
+    run_dir = as_path(run_dir, resolve=True)
     check_pipeline(cfg, run_dir)  # every stage's config, before anything is written or run
     run_dir.mkdir(parents=True, exist_ok=True)
     cfg = materialize_lab(cfg, run_dir)

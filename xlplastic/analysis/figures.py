@@ -6,6 +6,8 @@ import math
 import re
 from pathlib import Path
 
+from xlplastic.paths import save_figure
+
 
 def _plt():
     import matplotlib
@@ -38,8 +40,7 @@ def write_figures(results: dict, out_dir: Path) -> list[str]:
         fig.colorbar(im, ax=ax, fraction=0.046)
         fig.tight_layout()
         name = f"cka_{_safe(key)}.png"
-        fig.savefig(out_dir / name, dpi=110)
-        plt.close(fig)
+        save_figure(fig, out_dir / name, dpi=110)
         files.append(name)
     from matplotlib.ticker import MaxNLocator
 
@@ -73,8 +74,7 @@ def write_figures(results: dict, out_dir: Path) -> list[str]:
             if ax.get_legend_handles_labels()[0]:
                 ax.legend(fontsize=7)
         fig.tight_layout()
-        fig.savefig(out_dir / "by_layer.png", dpi=110)
-        plt.close(fig)
+        save_figure(fig, out_dir / "by_layer.png", dpi=110)
         files.append("by_layer.png")
     return files
 

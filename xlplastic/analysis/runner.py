@@ -36,6 +36,7 @@ from xlplastic.data import evalsets
 from xlplastic.config import AnalysisConfig, Config
 from xlplastic.data.sources import resolve_path
 from xlplastic.errors import UserError
+from xlplastic.paths import as_path, write_text_atomic
 from xlplastic.sharding import replicated
 
 
@@ -318,7 +319,7 @@ def analyze(models: list[reps.LoadedModel], acfg: AnalysisConfig, out_dir: str |
     candidates = translation_candidates or acfg.translation_candidates
     if candidates not in TRANSLATION_CANDIDATES:
         raise UserError(f"word translation candidates {candidates!r}; expected one of {', '.join(TRANSLATION_CANDIDATES)}")
-    out_dir = Path(out_dir)
+    out_dir = as_path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     two = len(models) == 2
     notes: list[str] = []
@@ -404,9 +405,7 @@ def analyze(models: list[reps.LoadedModel], acfg: AnalysisConfig, out_dir: str |
     results["figures"] = write_figures(results, out_dir)
     results["summary"] = summary_rows(results, "+".join(m.name for m in models))
     results = _jsonable(results)
-    tmp = out_dir / "results.json.tmp"
-    tmp.write_text(json.dumps(results, indent=2), encoding="utf-8")
-    tmp.replace(out_dir / "results.json")
+    write_text_atomic(out_dir / "results.json", json.dumps(results, indent=2))
     from xlplastic.analysis.figures import write_report
 
     write_report(results, out_dir)

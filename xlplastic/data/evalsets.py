@@ -11,6 +11,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from xlplastic.errors import UserError
+from xlplastic.paths import as_path
 
 __all__ = ["read_muse_dictionary", "read_parallel", "read_tatoeba", "read_parallel_tsv"]
 
@@ -19,7 +20,7 @@ def _open_lines(path: Path, what: str) -> Iterator[tuple[int, str]]:
     """(line number, text without the line break) for every line; missing files and non-UTF-8 bytes name the file."""
     if not path.is_file():
         raise UserError(f"{path}: no such file; expected {what}")
-    with open(path, "rb") as f:
+    with path.open("rb") as f:
         for n, raw in enumerate(f, 1):
             try:
                 line = raw.decode("utf-8")
@@ -35,7 +36,7 @@ def read_muse_dictionary(path) -> list[tuple[str, str]]:
 
     A word may appear in several pairs (several gold translations).  Blank lines are skipped.
     """
-    path = Path(path).expanduser()
+    path = as_path(path)
     what = "a MUSE dictionary (one `source target` word pair per line)"
     pairs = []
     for n, line in _open_lines(path, what):
@@ -56,7 +57,7 @@ def _read_lines(path: Path, what: str) -> list[str]:
 
 def read_parallel(path_a, path_b) -> tuple[list[str], list[str]]:
     """(lines of a, lines of b) for two line-aligned files: line i of one translates line i of the other."""
-    path_a, path_b = Path(path_a).expanduser(), Path(path_b).expanduser()
+    path_a, path_b = as_path(path_a), as_path(path_b)
     what = "line-aligned parallel text (one sentence per line, UTF-8)"
     a, b = _read_lines(path_a, what), _read_lines(path_b, what)
     if len(a) != len(b):
@@ -70,7 +71,7 @@ def read_parallel(path_a, path_b) -> tuple[list[str], list[str]]:
 
 def read_tatoeba(folder, lang: str) -> tuple[list[str], list[str]]:
     """(lang sentences, English sentences) of the LASER/XTREME Tatoeba pair `tatoeba.{lang}-eng.{lang|eng}`."""
-    folder = Path(folder).expanduser()
+    folder = as_path(folder)
     a, b = folder / f"tatoeba.{lang}-eng.{lang}", folder / f"tatoeba.{lang}-eng.eng"
     missing = [p.name for p in (a, b) if not p.is_file()]
     if missing:
@@ -87,7 +88,7 @@ def read_parallel_tsv(path, columns: Sequence[str] | None = None) -> dict[str, l
 
     `columns` picks (and orders) the columns returned; default all of them.
     """
-    path = Path(path).expanduser()
+    path = as_path(path)
     what = "a tab-separated file with a header row of column names and one aligned row per line"
     lines = _open_lines(path, what)
     header = next(lines, None)

@@ -22,7 +22,6 @@ import hashlib
 import json
 import math
 import operator
-import os
 import re
 import zlib
 from collections import Counter
@@ -38,6 +37,7 @@ from xlplastic.data.phrase import MIN_WORDS as PHRASE_MIN_WORDS
 from xlplastic.data.phrase import NUMBER_NAMES, make_phrase_grammar
 from xlplastic.data.synthetic import CODAS, ONSETS, VOWELS, CLASSES, MAX_LEN, NUM_TOPICS, Grammar, make_grammar
 from xlplastic.errors import UserError
+from xlplastic.paths import as_path, write_text_atomic
 
 FORMAT = "xlplastic-lab/2"  # bump when the files written for a given config change
 WORD_ORDERS = ("same", "reverse", "verb_final")
@@ -276,16 +276,9 @@ def _render_many(lang: LabLanguage, ids: np.ndarray, lengths: np.ndarray, detail
 
 
 # --- files ----------------------------------------------------------------------------------------
-def _write(path: Path, text: str) -> None:
-    """Atomic write: a temporary file in the same folder, then rename."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "w", encoding="utf-8", newline="\n") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+def _write(path, text: str) -> None:
+    """Atomic write (a local temporary file and a rename; a bucket object appears whole)."""
+    write_text_atomic(path, text)
 
 
 def _lines_text(lines: Iterable[str]) -> str:
@@ -394,7 +387,7 @@ def write_lab(cfg: LabConfig | dict, out_dir: str | Path) -> dict[str, dict[str,
     docs/lab.md) and returns {language: {kind: path}, "SRC-L": {kind: path}}. Deterministic; when
     out_dir/lab.json already describes the same config (and its files exist), nothing is regenerated."""
     cfg = check_lab_config(cfg)
-    out = Path(out_dir)
+    out = as_path(out_dir)
     if out.exists() and not out.is_dir():
         raise UserError(f"{out}: exists and is not a folder; expected a folder for the lab's files")
     key = _key(cfg)

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Iterator
 
 from xlplastic.errors import UserError
+from xlplastic.paths import as_path
 
 
 @dataclass(frozen=True)
@@ -59,9 +60,9 @@ class QAExample:
 def _lines(path) -> Iterator[tuple[int, str]]:
     """(line number, line without its ending), streamed; bytes that are not UTF-8 fail at their line."""
     try:
-        f = open(path, "rb")
+        f = as_path(path).open("rb")
     except OSError as e:
-        raise UserError(f"{path}: cannot open ({e.strerror}); expected a readable UTF-8 text file") from None
+        raise UserError(f"{path}: cannot open ({e.strerror or e}); expected a readable UTF-8 text file") from None
     with f:
         for lineno, raw in enumerate(f, 1):
             try:

@@ -8,9 +8,8 @@ tasks/formats.py and are re-exported here, where callers have always found them.
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from xlplastic.errors import UserError
+from xlplastic.paths import as_path
 from xlplastic.tasks.formats import (ClassificationExample, ParsingExample, QAExample, TaggingExample, read_bio,
                                      read_classification, read_conllu, read_pos, read_squad)
 from xlplastic.tasks.registry import get_task
@@ -58,7 +57,7 @@ def load_hf_task(kind: str, name: str, *, subset: str | None = None, split: str 
 def read_task(kind: str, path: str, *, language: str | None = None, max_examples: int | None = None) -> list:
     """Read `path` with the reader for `kind`; a missing file or one with no examples is a UserError."""
     task = get_task(kind)
-    if not Path(path).is_file():
+    if not as_path(path).is_file():
         raise UserError(f"{path}: no such file; expected {task.file_format} for the {kind} task")
     examples = task.read_file(path, language=language, max_examples=max_examples)
     if not examples:
