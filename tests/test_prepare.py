@@ -302,7 +302,10 @@ def test_bench_data_small(tmp_path):
     assert baseline["tokenizer_threads"] == 1 and prep["tokenizer_threads"] == "all cores"
     assert baseline["tokens"] == prep["tokens"] and baseline["rows"] == prep["rows"]  # the same corpus either way
     assert prep["input_bytes"] > 1 << 20 and prep["shards"] >= 2 and prep["tokens_per_s"] > 0 and prep["peak_rss_bytes"] > 0
-    assert "cache_read" in prep and prep["cache_read"]["batch_s_median"] > 0  # batches from the real shards
+    hosts = sorted({1} | {d["hosts"] for d in r["device"]})
+    assert [f["hosts"] for f in prep["cache_read"]] == hosts  # batches from the real shards, whole and per host
+    assert [f["hosts"] for f in r["sampler"]["per_host"]] == hosts
+    assert all(f["batch_s_median"] > 0 for f in prep["cache_read"] + r["sampler"]["per_host"])
     assert {d["topology"] for d in r["device"]} == set(input_bench.TOPOLOGIES)
-    assert all(d["step_s"] > 0 and d["hosts"] >= 1 for d in r["device"])
+    assert all(d["step_s"] > 0 and d["hosts"] >= 1 and d["cache_read_margin_host_slice"] > 0 for d in r["device"])
     assert not list(tmp_path.glob("xlplastic-bench-data-*"))  # the generated file is not left behind

@@ -92,23 +92,29 @@ class PeakMemory:
             self._stop.wait(self.every_s)
 
 
-def cache_read_time(langs, batch: int, steps: int) -> dict:
-    """Host seconds per global batch drawn by `StepSampler` from a real prepared cache (memory-mapped
-    shards, just written, so mostly from the page cache): the synthetic sampler figure plus real reads."""
-    from xlplastic.data.pipeline import StepSampler
-
-    sampler = StepSampler(langs, batch, 0, 1.0)
-    sampler.batch(0)  # opens the shards
+def _batch_times(sampler, steps: int, hosts: int) -> dict:
+    """Median and max seconds of `sampler.batch` for process 0 of `hosts` (the first draw, which opens
+    shards and builds the first blocks, is left out)."""
+    sampler.batch(0, 0, hosts)
     times = []
     for s in range(1, steps + 1):
         t = time.perf_counter()
-        sampler.batch(s)
+        sampler.batch(s, 0, hosts)
         times.append(time.perf_counter() - t)
-    return {"batch": batch, "batch_s_median": float(np.median(times)), "batch_s_max": float(np.max(times))}
+    return {"hosts": hosts, "batch_s_median": float(np.median(times)), "batch_s_max": float(np.max(times))}
+
+
+def cache_read_time(langs, batch: int, steps: int, hosts: tuple[int, ...] = (1,)) -> list[dict]:
+    """Host seconds per step drawn by `StepSampler` from a real prepared cache (memory-mapped shards, just
+    written, so mostly from the page cache), for one host taking the whole global batch and for a host of
+    a slice of `hosts` hosts (its rows only)."""
+    from xlplastic.data.pipeline import StepSampler
+
+    return [_batch_times(StepSampler(langs, batch, 0, 1.0), steps, h) for h in hosts]
 
 
 def prepare_throughput(files: list[str], tokenizer, workers: int, threads: bool, seq_len: int, segment_mb: int,
-                       work: Path, read_steps: int = 0) -> dict:
+                       work: Path, read_steps: int = 0, hosts: tuple[int, ...] = (1,)) -> dict:
     """One cold build of a text corpus per file with `workers` local processes. With `threads` a lone
     process lets HF tokenizers encode each batch on every core (what `xlplastic prepare --workers 1`
     does); without, it encodes on one thread: the per-core baseline the process scaling is read against."""
@@ -139,7 +145,7 @@ def prepare_throughput(files: list[str], tokenizer, workers: int, threads: bool,
            "rows": sum(len(l.train) + len(l.eval) for l in langs), "shards": shards,
            "input_bytes": sum(os.path.getsize(f) for f in files), "peak_rss_bytes": mem.peak}
     if read_steps:
-        out["cache_read"] = cache_read_time(langs, 2048, read_steps)
+        out["cache_read"] = cache_read_time(langs, 2048, read_steps, hosts)
     del langs
     shutil.rmtree(cache, ignore_errors=True)
     return out
@@ -160,13 +166,17 @@ def device_step(topology: str, batch: int = 2048, seq_len: int = 512, vocab: int
 
 
 def run(args) -> dict[str, Any]:
+    from xlplastic.bench.data_bench import sampler_host_time, synthetic_languages
     from xlplastic.config import CorpusConfig, TokenizerConfig
+    from xlplastic.data.pipeline import StepSampler
     from xlplastic.data.sources import iter_texts
     from xlplastic.data.tokenizers import train_tokenizer
 
     sources = sorted(glob.glob(args.text))
     if not sources:
         raise SystemExit(f"--text {args.text}: matches no file")
+    devices = [device_step(t) for t in TOPOLOGIES]
+    hosts = (1, *sorted({d["hosts"] for d in devices}))
     work = Path(tempfile.mkdtemp(prefix="xlplastic-bench-data-", dir=args.work))
     try:
         big = work / "generated.txt"
@@ -176,27 +186,36 @@ def run(args) -> dict[str, Any]:
         files = sources + ([str(big)] if generated else [])
         runs = ([(1, False)] if args.single_thread_baseline else []) + [(w, True) for w in args.workers]
         prep = [prepare_throughput(files, tok, w, threads, args.seq, args.segment_mb, work,
-                                   read_steps=args.steps if i == len(runs) - 1 else 0)
+                                   read_steps=args.steps if i == len(runs) - 1 else 0, hosts=hosts)
                 for i, (w, threads) in enumerate(runs)]
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    from xlplastic.bench.data_bench import sampler_host_time
 
     sampler = sampler_host_time(rows=args.rows, batch=2048, seq_len=512, steps=args.steps, with_permutation=False)
-    devices = [device_step(t) for t in TOPOLOGIES]
-    per_batch = sampler["feistel"]["batch_s_median"]
-    read = next(p["cache_read"] for p in prep if "cache_read" in p)["batch_s_median"]
+    langs = synthetic_languages([args.rows], 512)
+    synthetic = [_batch_times(StepSampler(langs, 2048, 0, 1.0), args.steps, h) for h in hosts]
+    real = next(p["cache_read"] for p in prep if "cache_read" in p)
+
+    def at(figures: list[dict], h: int) -> float:
+        return next(f["batch_s_median"] for f in figures if f["hosts"] == h)
+
+    best = max(p["tokens_per_s"] for p in prep)
     return {
         "date": _dt.date.today().isoformat(), "machine": f"{os.cpu_count()}-core CPU", "text": sources,
         "generated_bytes": generated, "vocab": args.vocab, "seq_len": args.seq, "segment_mb": args.segment_mb,
         "prepare": prep,
         "max_rss_bytes": {"process": _max_rss_bytes(resource.RUSAGE_SELF),  # tokenizer training included
                           "largest_worker": _max_rss_bytes(resource.RUSAGE_CHILDREN)},
-        "sampler": {"rows": args.rows, "batch_s_median": per_batch, "index_s_median": sampler["feistel"]["index_s_median"],
-                    "peak_bytes": sampler["feistel"]["peak_bytes"]},
-        "device": [{**d, "sampler_share_of_step": per_batch / d["step_s"],
-                    "sampler_margin": d["step_s"] / per_batch, "cache_read_margin": d["step_s"] / read,
-                    "prepare_margin": max(p["tokens_per_s"] for p in prep) / d["tokens_per_s_per_host"]} for d in devices],
+        "sampler": {"rows": args.rows, "batch_s_median": sampler["feistel"]["batch_s_median"],
+                    "index_s_median": sampler["feistel"]["index_s_median"], "peak_bytes": sampler["feistel"]["peak_bytes"],
+                    "per_host": synthetic},
+        "device": [{**d,
+                    # one host drawing the whole global batch (the worst case) and a host of the slice (its rows)
+                    "sampler_margin_whole_batch": d["step_s"] / at(synthetic, 1),
+                    "sampler_margin_host_slice": d["step_s"] / at(synthetic, d["hosts"]),
+                    "cache_read_margin_whole_batch": d["step_s"] / at(real, 1),
+                    "cache_read_margin_host_slice": d["step_s"] / at(real, d["hosts"]),
+                    "prepare_margin": best / d["tokens_per_s_per_host"]} for d in devices],
     }
 
 
