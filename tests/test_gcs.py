@@ -212,16 +212,35 @@ def test_corpus_and_tokenizer_read_from_a_bucket_train_like_local_files(tmp_path
     assert (remote / "tokenizer.json").read_bytes() == (local / "tokenizer.json").read_bytes()
 
 
+def test_cache_in_a_bucket_prepared_then_trained_on_like_a_local_cache(tmp_path, emulator, env):
+    """`data.cache_dir` in a bucket (the cache every host of a pod can share): `xlplastic prepare` writes
+    its shards and index there, the run reads its rows by range reads, and trains as on a local cache."""
+    args = QUIET + ("--set", "train.steps=6", "--set", "checkpoint.every=0")
+    local = tmp_path / "local"
+    done = run_cli(run_cmd(TINY, local, *args), env)
+    assert done.returncode == 0, done.stderr[-3000:]
+    remote = tmp_path / "remote"
+    cache = ("--set", f"data.cache_dir=gs://{emulator.bucket}/cache")
+    done = run_cli([sys.executable, "-m", "xlplastic.cli", "prepare", str(TINY), "--run-dir", str(remote), *cache,
+                    "--workers", "2"], env)
+    assert done.returncode == 0, done.stderr[-3000:]
+    names = emulator.names("cache/")
+    assert any(n.endswith("/index.json") for n in names) and any(re.search(r"/train-\d+\.npy$", n) for n in names)
+    assert not any("/.parts/" in n for n in names)  # the packing's scratch files are gone
+    done = run_cli(run_cmd(TINY, remote, *args, *cache), env)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "building the data cache" not in done.stdout  # the prepared one, as it is
+    assert losses(remote) == losses(local) and len(losses(local)) == 6
+    index = next(n for n in names if n.endswith("/index.json"))
+    shard = next(n for n in names if n.startswith(index.rsplit("/", 1)[0]) and n.endswith(".npy") and "/train-" in n)
+    local_shard = next((local / "data_cache").rglob(shard.rsplit("/", 1)[1]))
+    assert emulator.read(shard) == local_shard.read_bytes()  # the same bytes as the local cache's shard
+
+
 def test_bad_cloud_inputs_are_one_line(tmp_path, emulator, env):
     # a bucket that does not exist: refused before any work, nothing created anywhere
     done = run_cli(run_cmd(TINY, "gs://no-such-bucket-xlp/run", *QUIET), env)
     assert_one_line_error(done, "gs://no-such-bucket-xlp/run", "bucket")
-    # the packed-row cache is memory-mapped: a bucket is refused for it, and the run folder this first start
-    # made in the bucket (tokenizer, settings) is removed again
-    done = run_cli(run_cmd(TINY, f"gs://{emulator.bucket}/bad-cache", *QUIET,
-                           "--set", f"data.cache_dir=gs://{emulator.bucket}/cache"), env)
-    assert_one_line_error(done, "data.cache_dir", "local")
-    assert emulator.names("bad-cache/") == []
     # without the optional dependencies (gcsfs hidden): one line naming the extra to install
     shadow = tmp_path / "no-gcsfs" / "gcsfs"
     shadow.mkdir(parents=True)

@@ -138,16 +138,12 @@ def move(src: AnyPath, dst: AnyPath) -> None:
 
 def local_cache_dir(run_dir: AnyPath) -> Path:
     """Where a run's packed rows go when `data.cache_dir` is not set: inside a local run folder; for a run
-    in a bucket, a local folder named after its URL (the rows are memory-mapped, which needs a local file)."""
+    in a bucket, a local folder named after its URL (local rows are memory-mapped; a `gs://` data.cache_dir,
+    which every host of a pod can share, is read by range reads instead)."""
     if not is_url(run_dir):
         return run_dir / "data_cache"
     base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
     return base / "xlplastic" / "data_cache" / str(run_dir).replace("://", "/", 1)
-
-
-def local_only(path: str | None, what: str) -> None:
-    if path and is_url(path):
-        raise UserError(f"{what}={path}: must be a local folder (its files are memory-mapped); expected a local path")
 
 
 def read_json_object(path: AnyPath, expected: str) -> dict:
