@@ -301,7 +301,8 @@ def test_bench_data_small(tmp_path):
     baseline, prep = r["prepare"]  # 1 process on 1 tokenizer thread, then --workers 1
     assert baseline["tokenizer_threads"] == 1 and prep["tokenizer_threads"] == "all cores"
     assert baseline["tokens"] == prep["tokens"] and baseline["rows"] == prep["rows"]  # the same corpus either way
-    assert prep["input_bytes"] > 1 << 20 and prep["shards"] >= 2 and prep["tokens_per_s"] > 0 and prep["peak_rss_bytes"] > 0
+    assert prep["input_bytes"] > 1 << 20 and prep["shards"] >= 2 and prep["tokens_per_s"] > 0
+    assert prep["peak_rss_bytes"] >= prep["peak_anon_bytes"] > 0 and prep["cache_read_peak_anon_bytes"] > 0
     hosts = sorted({1} | {d["hosts"] for d in r["device"]})
     assert [f["hosts"] for f in prep["cache_read"]] == hosts  # batches from the real shards, whole and per host
     assert [f["hosts"] for f in r["sampler"]["per_host"]] == hosts

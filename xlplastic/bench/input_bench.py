@@ -53,12 +53,15 @@ def _max_rss_bytes(who) -> int:
 
 
 class PeakMemory:
-    """Peak resident bytes of this process plus its children (the workers), polled from /proc (Linux)."""
+    """Peak resident bytes of this process plus its children (the workers), polled from /proc (Linux):
+    `peak` all resident pages, `peak_anon` the private ones (RssAnon). The difference is file pages,
+    e.g. of memory-mapped shards: page cache the kernel can drop, not memory the pipeline holds."""
 
     def __init__(self, every_s: float = 0.05):
         import threading
 
-        self.peak, self.every_s = 0, every_s
+        self.peak = self.peak_anon = 0
+        self.every_s = every_s
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._poll, daemon=True)
 
@@ -71,12 +74,14 @@ class PeakMemory:
         self._thread.join()
 
     @staticmethod
-    def _rss(pid: int) -> int:
+    def _rss(pid: int) -> tuple[int, int]:
+        """(resident, anonymous resident) bytes of one process; (0, 0) once it is gone."""
         try:
-            with open(f"/proc/{pid}/statm") as f:
-                return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+            with open(f"/proc/{pid}/status") as f:
+                kb = {k: int(v.split()[0]) for k, v in (l.split(":", 1) for l in f if l.startswith(("VmRSS", "RssAnon")))}
+            return kb.get("VmRSS", 0) * 1024, kb.get("RssAnon", 0) * 1024
         except (OSError, ValueError, IndexError):
-            return 0
+            return 0, 0
 
     def _tree(self, pid: int) -> list[int]:
         try:
@@ -86,9 +91,14 @@ class PeakMemory:
             kids = []
         return [pid] + [k for c in kids for k in self._tree(c)]
 
+    def sample(self) -> None:
+        got = [self._rss(p) for p in self._tree(os.getpid())]
+        self.peak = max(self.peak, sum(r for r, _ in got))
+        self.peak_anon = max(self.peak_anon, sum(a for _, a in got))
+
     def _poll(self) -> None:
         while not self._stop.is_set():
-            self.peak = max(self.peak, sum(self._rss(p) for p in self._tree(os.getpid())))
+            self.sample()
             self._stop.wait(self.every_s)
 
 
@@ -143,9 +153,13 @@ def prepare_throughput(files: list[str], tokenizer, workers: int, threads: bool,
     out = {"workers": workers, "tokenizer_threads": "all cores" if threads and workers == 1 else 1,
            "wall_s": wall, "main_process_cpu_s": cpu, "tokens": tokens, "tokens_per_s": tokens / wall,
            "rows": sum(len(l.train) + len(l.eval) for l in langs), "shards": shards,
-           "input_bytes": sum(os.path.getsize(f) for f in files), "peak_rss_bytes": mem.peak}
+           "input_bytes": sum(os.path.getsize(f) for f in files), "peak_rss_bytes": mem.peak,
+           "peak_anon_bytes": mem.peak_anon}
     if read_steps:
-        out["cache_read"] = cache_read_time(langs, 2048, read_steps, hosts)
+        with PeakMemory() as reading:
+            out["cache_read"] = cache_read_time(langs, 2048, read_steps, hosts)
+        # reading maps the shards: resident grows by the file pages touched (page cache), private memory does not
+        out["cache_read_peak_rss_bytes"], out["cache_read_peak_anon_bytes"] = reading.peak, reading.peak_anon
     del langs
     shutil.rmtree(cache, ignore_errors=True)
     return out
@@ -204,7 +218,9 @@ def run(args) -> dict[str, Any]:
         "date": _dt.date.today().isoformat(), "machine": f"{os.cpu_count()}-core CPU", "text": sources,
         "generated_bytes": generated, "vocab": args.vocab, "seq_len": args.seq, "segment_mb": args.segment_mb,
         "prepare": prep,
-        "max_rss_bytes": {"process": _max_rss_bytes(resource.RUSAGE_SELF),  # tokenizer training included
+        # getrusage's high-water marks count file pages too: the process's includes the shards mapped while
+        # timing cache reads (see cache_read_peak_anon_bytes for what is private)
+        "max_rss_bytes": {"process": _max_rss_bytes(resource.RUSAGE_SELF),
                           "largest_worker": _max_rss_bytes(resource.RUSAGE_CHILDREN)},
         "sampler": {"rows": args.rows, "batch_s_median": sampler["feistel"]["batch_s_median"],
                     "index_s_median": sampler["feistel"]["index_s_median"], "peak_bytes": sampler["feistel"]["peak_bytes"],
