@@ -29,7 +29,7 @@ from xlplastic.errors import UserError
 from xlplastic.hf import Leaf, leaves
 from xlplastic.hf_config import HFConfig, hf_dir
 from xlplastic.layout import is_stacked, unrolled_keys
-from xlplastic.paths import as_path, is_url
+from xlplastic.paths import as_path
 from xlplastic.runtime import barrier, is_main
 from xlplastic.runtime import log as main_log
 
@@ -268,7 +268,7 @@ def export_run(run: str | Path, out: str | Path, arch: str | None = None, log: C
     model, exported as an HF folder."""
     from xlplastic.analysis.reps import load_model
 
-    if hf_dir(run) is None and not (as_path(run) if is_url(run) else Path(run).expanduser()).is_dir():
+    if hf_dir(run) is None and not as_path(run).is_dir():
         raise UserError(f"export: {run}: run directory not found; expected a folder written by `xlplastic run` (or hf:DIR)")
     mesh = MeshConfig(data=1, fsdp=-1, tensor=1)
     if hf_dir(run) is not None:

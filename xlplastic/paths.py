@@ -136,10 +136,12 @@ def move(src: AnyPath, dst: AnyPath) -> None:
     shutil.move(str(src), str(dst))
 
 
-def local_cache_dir(run_dir: AnyPath) -> Path:
-    """Where a run's packed rows go when `data.cache_dir` is not set: inside a local run folder; for a run
-    in a bucket, a local folder named after its URL (local rows are memory-mapped; a `gs://` data.cache_dir,
-    which every host of a pod can share, is read by range reads instead)."""
+def data_cache_dir(cache_dir: str | None, run_dir: AnyPath) -> AnyPath:
+    """Where a run's packed rows are (`run` and `prepare` ask the same): `data.cache_dir` (a `gs://` one,
+    which every host of a pod can share, is read by range reads); else inside a local run folder; for a
+    run in a bucket, a local folder named after its URL (local rows are memory-mapped)."""
+    if cache_dir:
+        return as_path(cache_dir)
     if not is_url(run_dir):
         return run_dir / "data_cache"
     base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")

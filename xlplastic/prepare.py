@@ -20,7 +20,7 @@ def prepare(cfg, run_dir, workers: int | None = None, verify: bool = True) -> li
 
     from xlplastic.data.run_tokenizer import prepare_tokenizer
     from xlplastic.hf_config import resolve as resolve_hf
-    from xlplastic.paths import as_path, local_cache_dir
+    from xlplastic.paths import data_cache_dir
     from xlplastic.runtime import check_run_dir, log
     from xlplastic.stages import materialize_lab
 
@@ -31,7 +31,7 @@ def prepare(cfg, run_dir, workers: int | None = None, verify: bool = True) -> li
     run_dir = check_run_dir(run_dir)
     cfg = materialize_lab(resolve_hf(cfg), run_dir)
     tokenizer = prepare_tokenizer(cfg, run_dir)
-    cache_dir = as_path(cfg.data.cache_dir) if cfg.data.cache_dir else local_cache_dir(run_dir)  # where `run` looks
+    cache_dir = data_cache_dir(cfg.data.cache_dir, run_dir)  # where `run` looks
     share = Share(jax.process_index(), jax.process_count(), workers or os.cpu_count() or 1, progress=True)
     langs = build_corpora(cfg.data, tokenizer, cache_dir, share, verify=verify)
     wall = time.perf_counter() - t0

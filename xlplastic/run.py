@@ -23,7 +23,7 @@ from xlplastic.hf_config import uses_hf
 from xlplastic.loop import Checkpoints, Hook, RowLogger, every, restore_or_init, train_loop
 from xlplastic.metrics import MetricsLog, Progress
 from xlplastic.model import num_params
-from xlplastic.paths import as_path, local_cache_dir
+from xlplastic.paths import data_cache_dir
 from xlplastic.record import check_rerun, write_config
 from xlplastic.runtime import StopRequest, barrier, check_run_dir, is_main, log, sha, write_json
 from xlplastic.sharding import check_batch, describe, make_mesh, put_global_batch
@@ -89,7 +89,7 @@ def run(
             f"model.vocab_size {vocab_size} is smaller than the tokenizer's vocabulary {tokenizer.get_vocab_size()}; "
             "expected model.vocab_size >= tokenizer size (or null to take it from the tokenizer)"
         )
-    cache_dir = as_path(cfg.data.cache_dir) if cfg.data.cache_dir else local_cache_dir(run_dir)
+    cache_dir = data_cache_dir(cfg.data.cache_dir, run_dir)
     if is_main():
         langs = build_corpora(cfg.data, tokenizer, cache_dir)
     barrier("corpora")

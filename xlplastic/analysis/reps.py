@@ -33,7 +33,7 @@ from xlplastic.data.tokenizers import SpecialTokens, special_tokens
 from xlplastic.data.vocabulary import for_language
 from xlplastic.errors import UserError
 from xlplastic.hf_config import hf_dir
-from xlplastic.paths import as_path, is_url
+from xlplastic.paths import as_path
 from xlplastic.sharding import activation_rules, batch_sharding, make_mesh, replicated, tree_shardings
 
 
@@ -86,7 +86,7 @@ def load_model(run_dir: str | Path, *, name: str | None = None, devices: Sequenc
         m = load_hf(d, mesh or MeshConfig(data=-1), devices=devices)
         return LoadedModel(name or m.name, m.path, m.config, 0, m.tokenizer, m.specials, m.params, m.mesh, m.merge,
                            param_shardings=m.param_shardings)
-    run_dir = as_path(run_dir if is_url(run_dir) else Path(run_dir).expanduser(), resolve=True)
+    run_dir = as_path(run_dir, resolve=True)
     cfg_path = run_dir / "config.yaml"
     if not cfg_path.is_file():
         raise UserError(f"{run_dir}: no config.yaml; expected a run directory written by `xlplastic run`")

@@ -276,11 +276,6 @@ def _render_many(lang: LabLanguage, ids: np.ndarray, lengths: np.ndarray, detail
 
 
 # --- files ----------------------------------------------------------------------------------------
-def _write(path, text: str) -> None:
-    """Atomic write (a local temporary file and a rename; a bucket object appears whole)."""
-    write_text_atomic(path, text)
-
-
 def _lines_text(lines: Iterable[str]) -> str:
     return "".join(line + "\n" for line in lines)
 
@@ -421,19 +416,19 @@ def write_lab(cfg: LabConfig | dict, out_dir: str | Path) -> dict[str, dict[str,
         test = tests[lang.name] = _render_many(lang, t_ids, t_len)
         task = _Rendered(r.lines[:n_task], r.ids, r.perm)
         names = rel[lang.name] = _lang_files(lang.name)
-        _write(out / names["train"], _lines_text(r.lines[: cfg.sentences]))
-        _write(out / names["valid"], _lines_text(r.lines[cfg.sentences:]))
-        _write(out / names["topic_train"], _topic_tsv(task.lines, topics))
-        _write(out / names["topic_test"], _topic_tsv(test.lines, t_top))
-        _write(out / names["pos_train"], _conllu(lang, "train", task, topics))
-        _write(out / names["pos_test"], _conllu(lang, "test", test, t_top))
+        write_text_atomic(out / names["train"], _lines_text(r.lines[: cfg.sentences]))
+        write_text_atomic(out / names["valid"], _lines_text(r.lines[cfg.sentences:]))
+        write_text_atomic(out / names["topic_train"], _topic_tsv(task.lines, topics))
+        write_text_atomic(out / names["topic_test"], _topic_tsv(test.lines, t_top))
+        write_text_atomic(out / names["pos_train"], _conllu(lang, "train", task, topics))
+        write_text_atomic(out / names["pos_test"], _conllu(lang, "test", test, t_top))
         if structural:
             task_rng = np.random.default_rng([spec.seed, _name_key(spec.name), 0x7A5C])
-            _write(out / names["nli_train"], _nli_tsv(lang, lab_tasks.nli_pairs(grammar, n_task, task_rng, spec.topics)))
-            _write(out / names["nli_test"], _nli_tsv(lang, nli_test))
+            write_text_atomic(out / names["nli_train"], _nli_tsv(lang, lab_tasks.nli_pairs(grammar, n_task, task_rng, spec.topics)))
+            write_text_atomic(out / names["nli_test"], _nli_tsv(lang, nli_test))
             agr = lab_tasks.agreement_items(grammar, n_task, task_rng, spec.topics)
-            _write(out / names["agreement_train"], _single_tsv(lang, agr))
-            _write(out / names["agreement_test"], _single_tsv(lang, agr_test))
+            write_text_atomic(out / names["agreement_train"], _single_tsv(lang, agr))
+            write_text_atomic(out / names["agreement_test"], _single_tsv(lang, agr_test))
         else:
             for k in ("nli_train", "nli_test", "agreement_train", "agreement_test"):
                 del names[k]
@@ -441,7 +436,7 @@ def write_lab(cfg: LabConfig | dict, out_dir: str | Path) -> dict[str, dict[str,
             d_rng = np.random.default_rng([spec.seed, _name_key(spec.name), _name_key(d), 0xD0])
             d_ids, d_len, _ = grammar.sample_ids(cfg.sentences, d_rng, weights)
             names[f"train_{d}"] = f"{lang.name}.{d}.train.txt"
-            _write(out / names[f"train_{d}"], _lines_text(_render_many(lang, d_ids, d_len, detail=0).lines))
+            write_text_atomic(out / names[f"train_{d}"], _lines_text(_render_many(lang, d_ids, d_len, detail=0).lines))
 
         train_ids = ids[: cfg.sentences]
         used = np.zeros(V, dtype=bool)
@@ -470,16 +465,16 @@ def write_lab(cfg: LabConfig | dict, out_dir: str | Path) -> dict[str, dict[str,
         pair = f"{src.name}-{lang.name}"
         names = rel[pair] = _pair_files(pair)
         entries = [f"{src.surface[i]} {lang.surface[i]}" for i in rank]
-        _write(out / names["dict_train"], _lines_text(entries[:end_train]))
-        _write(out / names["dict_test"], _lines_text(entries[end_train:end_test]))
+        write_text_atomic(out / names["dict_train"], _lines_text(entries[:end_train]))
+        write_text_atomic(out / names["dict_test"], _lines_text(entries[end_train:end_test]))
         a, b = tests[src.name], tests[lang.name]
-        _write(out / names["parallel"], f"{src.name}\t{lang.name}\n"
+        write_text_atomic(out / names["parallel"], f"{src.name}\t{lang.name}\n"
                + "".join(f"{x}\t{y}\n" for x, y in zip(a.lines, b.lines)))
         align = []
         for pa, pb in zip(a.perm, b.perm):
             inv = np.argsort(pb)  # base position -> position in the target sentence
             align.append(" ".join(f"{i}-{j}" for i, j in enumerate(inv[pa].tolist())))
-        _write(out / names["align"], _lines_text(align))
+        write_text_atomic(out / names["align"], _lines_text(align))
         stats[lang.name]["dict_pairs"] = {"train": end_train, "test": end_test - end_train}
 
     if old is not None and isinstance(old.get("files"), dict):  # files of an earlier config that are gone now
@@ -489,7 +484,7 @@ def write_lab(cfg: LabConfig | dict, out_dir: str | Path) -> dict[str, dict[str,
                 if isinstance(p, str) and p not in keep and "/" not in p and (out / p).is_file():
                     (out / p).unlink()
     meta = {**key, "source": src.name, "languages": stats, "files": rel}
-    _write(out / "lab.json", json.dumps(meta, indent=2, sort_keys=True, ensure_ascii=False) + "\n")
+    write_text_atomic(out / "lab.json", json.dumps(meta, indent=2, sort_keys=True, ensure_ascii=False) + "\n")
     return _abs_map(out, rel)
 
 
@@ -603,11 +598,11 @@ def transform_text_file(src: Path | str, dst: Path | str, dict_out: Path | str |
                              kw.get("vocab_from"), kw.get("script"))
     mapping = mapper.mapping
     dst.parent.mkdir(parents=True, exist_ok=True)
-    _write(dst, _lines_text(out))
+    write_text_atomic(dst, _lines_text(out))
     if dict_out is not None:
         dict_out = Path(dict_out)
         dict_out.parent.mkdir(parents=True, exist_ok=True)
-        _write(dict_out, _lines_text(f"{a} {b}" for a, b in mapping.items()))
+        write_text_atomic(dict_out, _lines_text(f"{a} {b}" for a, b in mapping.items()))
     in_counts = Counter(w for line in lines for w in line.split())
     tokens = sum(in_counts.values())
     kept_tokens = sum(c for w, c in in_counts.items() if mapping[w] == w)

@@ -301,9 +301,9 @@ def _stats(folder: cache_lib.AnyPath, k: int) -> dict:
 
 
 def build_corpus(corpus: CorpusConfig, tok, cfg: DataConfig, folder: cache_lib.AnyPath, share: Share,
-                 workers: _Workers | None = None) -> None:
+                 workers: _Workers) -> None:
     """Packs `corpus` into `folder` (every process of the share calls this; process 0 writes the index),
-    on `workers` (the build's pool; by default one of its own, closed after)."""
+    on `workers`, the build's pool (build_corpora owns and closes it)."""
     from xlplastic.data.tokenizers import special_tokens
 
     sp = special_tokens(tok)
@@ -316,8 +316,6 @@ def build_corpus(corpus: CorpusConfig, tok, cfg: DataConfig, folder: cache_lib.A
     budget = corpus.max_tokens is not None or corpus.max_lines is not None
     total_bytes = sum(s.end - s.start for s in listed) if listed is not None else None
     progress = _Progress(share.progress and share.process_index == 0, f"{corpus.language}", total_bytes, corpus.max_tokens)
-    own = workers is None
-    workers = _Workers(tok, share.workers) if own else workers
     packer = _Packer(corpus, cfg, tok, sp, folder, workers, streamed=listed is None)
     wave = share.process_count * share.workers * _WAVE_PER_WORKER
     finished = False
@@ -356,8 +354,6 @@ def build_corpus(corpus: CorpusConfig, tok, cfg: DataConfig, folder: cache_lib.A
             [(listed[j] if listed is not None else Segment(j), plan[j]) for j in share.mine(redo)], lambda s: None))
         finished = True
     finally:
-        if own:
-            workers.close()
         progress.close(finished)
     if share.process_index == 0:
         for j in range(used, len(counts)):  # packed in the last wave but past the budget
