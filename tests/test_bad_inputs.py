@@ -258,6 +258,8 @@ CASES = [
          {"pipeline": {"pretrain": {"train": {"steps": 0}}}}, pipeline=True),
     Case("pipeline-pretrained-unknown-model", ["pipeline.pretrained", "nomodel"],
          {"pipeline": {"pretrained": {"nomodel": "/x"}}}, pipeline=True),
+    Case("pipeline-pretrained-placeholder", ["pipeline.pretrained.standard", "`{seed}` as the only placeholder"],
+         {"pipeline": {"pretrained": {"standard": "runs/x/pretrain/standard-s{sed}"}}}, pipeline=True),
     Case("pipeline-target-without-test", ["task.test", "zz"],
          {"pipeline": {"targets": [{"language": "zz", "corpus": {"language": "zz", "kind": "synthetic"}}]}}, pipeline=True),
     Case("pipeline-oracle-without-dictionary", ["zz", "no dictionary"],

@@ -124,6 +124,20 @@ def test_rerun_skips_complete_stages(experiment, capsys):
     assert again.results["summary"] == result.results["summary"]
 
 
+def test_pretrained_with_a_seed_placeholder_reuses_another_sweeps_pretraining(experiment, tmp_path):
+    """`pipeline.pretrained: {m: <sweep>/pretrain/m-s{seed}}`: no pretraining runs, and every later stage
+    gives the numbers of the sweep that pretrained them (an adaptation arm without pretraining again)."""
+    cfg, d, result = experiment
+    reuse = {m: str(d / "pretrain" / f"{m}-s{{seed}}") for m in cfg.pipeline.models}
+    other = cfg.model_copy(update={"pipeline": cfg.pipeline.model_copy(update={"pretrained": reuse})})
+    again = run_pipeline(other, tmp_path / "arm")
+    assert not (tmp_path / "arm" / "pretrain").exists()
+    key = lambda r: (r["model"], r["stage"], r["metric"], r.get("budget"))  # noqa: E731
+    want = {key(r): r["value"] for r in result.results["summary"] if r["stage"] != "pretrain"}
+    got = {key(r): r["value"] for r in again.results["summary"]}
+    assert got == want and any(k[1] == "evaluate" for k in got)
+
+
 def test_assembly_refuses_embeddings_of_another_tokenizer(experiment, tmp_path):
     """Pointing the evaluation at the source tokenizer while taking target-language embeddings fails."""
     from xlplastic.finetune import run_task

@@ -473,7 +473,9 @@ class PipelineConfig(_Strict):
     pretrain: dict[str, Any] = Field(default_factory=dict)
     language_adapt: dict[str, Any] = Field(default_factory=dict)
     task_adapt: dict[str, Any] = Field(default_factory=dict)
-    pretrained: dict[str, str] = Field(default_factory=dict)  # model name -> existing run dir: skip its pretraining
+    # model name -> existing run dir: skip its pretraining; `{seed}` in the path is each seed's own run
+    # (e.g. another sweep's `runs/x/pretrain/forgetting-s{seed}`), without it every seed adapts the same run
+    pretrained: dict[str, str] = Field(default_factory=dict)
     # which token embeddings the evaluate stage puts into each task-adapted body: `adapted` (relearned by
     # language adaptation, per budget) and/or `oracle` (the source embeddings through the target's gold
     # dictionary: the upper bound any relearning can reach; word-level tokenizers only)
@@ -494,6 +496,11 @@ class PipelineConfig(_Strict):
             if twice:
                 raise ValueError(f"pipeline.{key} lists {', '.join(twice)} more than once; expected distinct entries "
                                  "(each names a stage folder)")
+        for m, src in self.pretrained.items():
+            rest = src.replace("{seed}", "")
+            if "{" in rest or "}" in rest:
+                raise ValueError(f"pipeline.pretrained.{m} is {src!r}; expected a run directory, with `{{seed}}` as the "
+                                 "only placeholder (each seed's run)")
         extra = sorted(set(self.pretrained) - set(self.models))
         if extra:
             raise ValueError(f"pipeline.pretrained names {', '.join(extra)}, not a model of pipeline.models; expected "

@@ -137,15 +137,18 @@ class _Sweep:
     def pretrain_dir(self, m: str, seed: int) -> Path:
         """The pretrained model: this sweep's pretraining run, or `pipeline.pretrained[m]` (a run, or `hf:DIR`)."""
         p = self.pcfg.pretrained
-        if m in p and (d := hf_dir(p[m])) is not None:
+        if m not in p:
+            return self.run_dir / "pretrain" / self.tag(m, seed)
+        src = p[m].replace("{seed}", str(seed))  # one run per seed, e.g. another sweep's pretrain/<m>-s{seed}
+        if (d := hf_dir(src)) is not None:
             return Path(f"hf:{d.resolve()}")
-        return as_path(p[m], resolve=True) if m in p else self.run_dir / "pretrain" / self.tag(m, seed)
+        return as_path(src, resolve=True)
 
     def hf_base(self, m: str) -> Path | None:
         """The HF model a variant starts from: `pipeline.pretrained[m]: hf:DIR` or its `init.from_hf`."""
         src = self.pcfg.pretrained.get(m)
         if src is not None:
-            return hf_dir(src)
+            return hf_dir(src.replace("{seed}", str(self.pcfg.seeds[0])))
         return hf_dir(f"hf:{d}") if (d := (self.pcfg.models[m].get("init") or {}).get("from_hf")) else None
 
     def task_dir(self, m: str, seed: int) -> Path:
