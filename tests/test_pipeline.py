@@ -114,6 +114,26 @@ def test_oracle_equals_source_on_a_pure_permutation(experiment):
     assert {tuple(r) for r in np.asarray(oracle["token_embed"])} <= {tuple(r) for r in np.asarray(task["token_embed"])}
 
 
+def test_class_structure_rows_of_each_embedding(experiment):
+    """Every pretrained, oracle and relearned embedding matrix is scored on its language's gold word classes;
+    the oracle's rows are the source's through the gold dictionary, so its scores are the source's (up to the
+    few rare words this 900-sentence source corpus lacks: they share the unk row)."""
+    _, d, result = experiment
+    rows = result.results["class_structure"]
+    assert not [r for r in result.results["summary"] if r["task"] == "embeddings"]  # the summary keeps its rows
+    got = {(r["model"], r["stage"], r["language"], r["metric"]): r["value"] for r in rows}
+    for m in ("standard", "forgetting"):
+        for metric in ("class_r2", "class_1nn"):
+            src, orc = got[(m, "pretrain", "syn", metric)], got[(m, "oracle", "syn_perm", metric)]
+            relearned = got[(m, "language_adapt", "syn_perm", metric)]
+            assert orc == pytest.approx(src, abs=0.01) and 0.0 <= relearned <= 1.0, (m, metric)
+    cached = json.loads((d / "language_adapt/standard-s0/syn_perm-3000/class_structure.json").read_text())
+    assert cached["syn_perm"]["class_r2"] == got[("standard", "language_adapt", "syn_perm", "class_r2")]
+    report = (d / "report.md").read_text().split("## Class structure of the token embeddings", 1)
+    assert len(report) == 2 and "**relearned (language adaptation)**" in report[1]
+    assert "class_r2" not in report[0]  # not mixed into the task and MLM tables
+
+
 def test_rerun_skips_complete_stages(experiment, capsys):
     cfg, d, result = experiment
     before = (d / "evaluate/standard-s0/syn_perm-3000/results.json").stat().st_mtime_ns

@@ -480,6 +480,10 @@ class PipelineConfig(_Strict):
     # language adaptation, per budget) and/or `oracle` (the source embeddings through the target's gold
     # dictionary: the upper bound any relearning can reach; word-level tokenizers only)
     embeddings: list[Literal["adapted", "oracle"]] = Field(default_factory=lambda: ["adapted"], min_length=1)
+    # language -> CoNLL-U files whose UPOS tags say each word's class: the token embeddings of every pretrained
+    # and language-adapted model are scored on how much of their geometry is those classes (class_r2,
+    # class_1nn; analysis/class_structure.py). Empty: each lab language's own tagged files
+    word_classes: dict[str, list[str]] = Field(default_factory=dict)
 
     @model_validator(mode="after")
     def _check(self) -> "PipelineConfig":

@@ -340,17 +340,25 @@ def _draw(path: Path, plot: Callable[..., bool], *args) -> bool:
         return False
 
 
+_CLASS_NOTE = ("How much of each embedding matrix's geometry is its words' gold classes (UPOS): `class_r2` is "
+               "the share of the variance of the unit-normalised rows explained by the class means, `class_1nn` "
+               "the fraction of words whose nearest other word (cosine) has the same class. A relearned matrix "
+               "far below the oracle's has not recovered the classes a structural task body reads.")
+
+
 def write_pipeline_report(
     run_dir: Path, name: str, summary: list[dict], curves: dict, notes: list[str] | None = None,
-    headline: dict | None = None,
+    headline: dict | None = None, class_structure: list[dict] | None = None,
 ) -> Path:
     """Write tables, figures and report.md for one pipeline experiment into run_dir; return the report path.
 
     `headline` ({task, metric, source, chance: {language: score}, tokenizer}) names the task the report leads
-    with: one table of source / zero-shot / oracle per model, one plot, one sentence on what they mean."""
+    with: one table of source / zero-shot / oracle per model, one plot, one sentence on what they mean.
+    `class_structure`: rows scoring the embedding matrices of the stages on gold word classes (own section)."""
     run_dir = as_path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     summary, curves = list(summary or []), dict(curves or {})
+    embedding_rows = list(class_structure or [])
     stage = {s: [r for r in summary if r.get("stage") == s]
              for s in ("pretrain", "analyze", "language_adapt", "task_adapt", "oracle", "evaluate")}
     pre, adapt, resets = (c if isinstance(c := curves.get(k), dict) else {}
@@ -396,6 +404,12 @@ def write_pipeline_report(
         sections.append(("Pretraining", stage["pretrain"]))
     for title, rows in sections:
         lines += [f"## {title}", ""] + (_table(rows) if rows else ["_Nothing recorded._", ""])
+    if embedding_rows:
+        lines += ["## Class structure of the token embeddings", "", _CLASS_NOTE, ""]
+        for s, label in (("pretrain", "pretrained (source language)"), ("oracle", "oracle (gold, through the dictionary)"),
+                         ("language_adapt", "relearned (language adaptation)")):
+            if rows := [r for r in embedding_rows if r.get("stage") == s]:
+                lines += [f"**{label}**", ""] + _table(rows)
     if [p for p in written if not (p == "headline.png" and top)]:
         lines += ["## Figures", ""]
         for png in written:

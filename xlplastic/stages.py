@@ -298,12 +298,22 @@ def run_pipeline(cfg: Config, run_dir: str | Path, *, only: list[str] | None = N
             rows.append({**r, **tags, "stage": name})
         return found
 
+    word_files = _word_classes(cfg)
+    class_rows: list[dict] = []  # beside `summary`, not in it: its rows are task scores and MLM losses
+
+    def classes(d: Path, language: str, tags: dict):
+        """How class-structured run d's token embeddings are in `language` (when its word classes are known)."""
+        if _done(d) is None and not str(d).startswith("hf:"):
+            return  # not run (`--only` another stage)
+        class_rows.extend({**r, **tags} for r in _class_rows(d, language, word_files.get(language, []), cfg.data.data_dir, run_dir))
+
     def adapt(m, seed, draw, target, budget):
         """Language adaptation (new embeddings, draw `draw`) and the zero-shot evaluation of its assembly."""
         l_dir = sweep.adapt_dir(m, seed, target, budget, draw)
         tags = {"model": m, "seed": seed, "budget": budget} | ({"draw": draw} if pcfg.draws > 1 else {})
         stage("language_adapt", l_dir, lambda: sweep.language_adapt(m, seed, target, budget, draw),
               lambda c, d: run(c, d), tags)
+        classes(l_dir, target.language, {**tags, "stage": "language_adapt"})
         key = f"{m}/s{seed}" + (f"d{draw}" if pcfg.draws > 1 else "")
         curves["language_adapt"][f"{key}/{target.language}/{budget}"] = _metric_rows(l_dir)
         stage("evaluate", sweep.evaluate_dir(m, seed, target, budget, draw),
@@ -319,6 +329,8 @@ def run_pipeline(cfg: Config, run_dir: str | Path, *, only: list[str] | None = N
                 if m not in pcfg.pretrained:
                     stage("pretrain", p_dir, lambda: pre_cfg, lambda c, d: run(c, d), {"model": m, "seed": seed})
                 curves["pretrain"][f"{m}/s{seed}"] = _metric_rows(p_dir)
+                for lang in dict.fromkeys(c.language for c in pre_cfg.data.corpora):
+                    classes(p_dir, lang, {"model": m, "seed": seed, "stage": "pretrain"})
                 if cfg.analysis is not None:  # cross-lingual structure of the pretrained model
                     stage("analyze", run_dir / "analyze" / tag, lambda: None,
                           lambda c, d, p_dir=p_dir, m=m: _analyze_stage(p_dir, m, cfg, d), {"model": m, "seed": seed})
@@ -330,6 +342,7 @@ def run_pipeline(cfg: Config, run_dir: str | Path, *, only: list[str] | None = N
                     if "oracle" in pcfg.embeddings:
                         stage("oracle", sweep.oracle_dir(m, seed, target), lambda: sweep.oracle(m, seed, target),
                               lambda c, d: run_task(c, d, stage="oracle"), {"model": m, "seed": seed})
+                        classes(sweep.oracle_dir(m, seed, target), target.language, {"model": m, "seed": seed, "stage": "oracle"})
                     if "adapted" not in pcfg.embeddings:
                         continue
                     for budget in pcfg.budgets:
@@ -339,12 +352,13 @@ def run_pipeline(cfg: Config, run_dir: str | Path, *, only: list[str] | None = N
         log("pipeline interrupted; rerun the same command to resume where it stopped")
         return RunResult(run_dir, e.result.final_step, e.result.results, interrupted=True)
 
-    results = {"name": cfg.name, "summary": rows, "stages": list(STAGES)}
+    results = {"name": cfg.name, "summary": rows, "stages": list(STAGES)} | ({"class_structure": class_rows} if class_rows else {})
     if is_main():
         write_json(run_dir / "results.json", results)
         from xlplastic.pipeline_report import write_pipeline_report
 
-        report = write_pipeline_report(run_dir, cfg.name, rows, curves, notes=_notes(cfg), headline=_headline(cfg))
+        report = write_pipeline_report(run_dir, cfg.name, rows, curves, notes=_notes(cfg), headline=_headline(cfg),
+                                       class_structure=class_rows)
         log(f"done: {len(rows)} result rows in {run_dir / 'results.json'}; report: {report}")
     return RunResult(run_dir, 0, results)
 
@@ -361,6 +375,39 @@ def _analyze_stage(p_dir: Path, name: str, cfg: Config, out: Path) -> RunResult:
 class _Interrupted(Exception):
     def __init__(self, result: RunResult):
         self.result = result
+
+
+def _word_classes(cfg: Config) -> dict[str, list[str]]:
+    """language -> CoNLL-U files with its words' classes: `pipeline.word_classes`, else each lab language's own."""
+    if cfg.pipeline.word_classes:
+        return dict(cfg.pipeline.word_classes)
+    if cfg.lab is None:
+        return {}
+    from xlplastic.data.lab import gold_tags
+
+    return {l.name: gold_tags(cfg.lab, l.name) for l in cfg.lab.languages}
+
+
+def _class_rows(d: Path, language: str, files: list[str], data_dir, run_dir: Path) -> list[dict]:
+    """class_r2 / class_1nn rows of run `d`'s token embeddings over `language`'s tagged words; computed
+    once and kept in d/class_structure.json (not written into a run outside this sweep)."""
+    from xlplastic.analysis.class_structure import MIN_WORDS, class_structure, tagged_rows, word_classes
+    from xlplastic.analysis.reps import load_model
+    from xlplastic.data.sources import resolve_path
+    from flax.traverse_util import flatten_dict
+
+    if not files:
+        return []
+    cache = d / "class_structure.json"
+    found = json.loads(cache.read_text(encoding="utf-8")) if cache.is_file() else {}
+    if language not in found:
+        model = load_model(d)
+        ids, labels = tagged_rows(model.tokenizer, word_classes([resolve_path(f, data_dir) for f in files]))
+        emb = flatten_dict(model.params, sep="/")["token_embed"]
+        found[language] = class_structure(emb, ids, labels) if len(ids) >= MIN_WORDS else {}
+        if is_main() and str(d).startswith(str(run_dir)):
+            write_text_atomic(cache, json.dumps(found, indent=2) + "\n")
+    return [{"task": "embeddings", "metric": k, "language": language, "value": v} for k, v in found[language].items()]
 
 
 def _metric_rows(d: Path) -> list[dict]:

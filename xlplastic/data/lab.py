@@ -345,6 +345,15 @@ def gold_dictionaries(cfg: LabConfig, language: str) -> list[str]:
     return [files["dict_train"], files["dict_test"]]
 
 
+def gold_tags(cfg: LabConfig, language: str) -> list[str]:
+    """The lab's tagged (CoNLL-U) files of `language` (relative to the lab folder); [] when it is not a
+    lab language."""
+    if language not in [l.name for l in cfg.languages]:
+        return []
+    files = _lang_files(language)
+    return [files["pos_train"], files["pos_test"]]
+
+
 def dict_split(num_words: int) -> tuple[int, int]:
     """(end of the train split, end of the test split) in frequency ranks: MUSE's 0-5000 / 5000-6500,
     scaled to 5000/6500 of the vocabulary (~77% / rest) when it has fewer than 6500 words."""
