@@ -202,9 +202,18 @@ class Checkpointer:
         """One line naming the path, the errno text and the newest intact checkpoint; the partial save's
         temporary folder is removed (it is never read, and it holds the space a full disk needs)."""
         _quiet_abandoned_reads()  # the failed save's other writes end with tracebacks: the one line says it all
+        try:  # the failed save's other writer threads finish first: one still running re-creates the folder
+            self.manager.wait_until_finished()
+        except Exception:  # noqa: BLE001 - they fail too; the first failure is the one reported
+            pass
         if jax.process_index() == 0:
-            for tmp in self.directory.glob("*.orbax-checkpoint-tmp*"):
-                paths.rmtree(tmp)
+            for _ in range(50):  # and a file it was still closing: remove again until nothing is left (<= 2.5 s)
+                tmps = list(self.directory.glob("*.orbax-checkpoint-tmp*"))
+                if not tmps:
+                    break
+                for tmp in tmps:
+                    paths.rmtree(tmp)
+                time.sleep(0.05)
             if step is not None and (self.directory / str(step)).is_dir() and damage(self.directory / str(step)):
                 paths.rmtree(self.directory / str(step))
         try:
