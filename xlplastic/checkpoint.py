@@ -202,14 +202,14 @@ class Checkpointer:
         """One line naming the path, the errno text and the newest intact checkpoint; the partial save's
         temporary folder is removed (it is never read, and it holds the space a full disk needs)."""
         _quiet_abandoned_reads()  # the failed save's other writes end with tracebacks: the one line says it all
-        try:  # the failed save's other writer threads finish first: one still running re-creates the folder
-            self.manager.wait_until_finished()
-        except Exception:  # noqa: BLE001 - they fail too; the first failure is the one reported
-            pass
         if jax.process_index() == 0:
-            for _ in range(50):  # and a file it was still closing: remove again until nothing is left (<= 2.5 s)
+            # A writer thread of the failed async save may still re-create the folder (waiting for it can
+            # block on the full disk): remove again until none has appeared for 0.2 s, for at most 5 s.
+            quiet = 0
+            for _ in range(100):
                 tmps = list(self.directory.glob("*.orbax-checkpoint-tmp*"))
-                if not tmps:
+                quiet = 0 if tmps else quiet + 1
+                if quiet >= 4:
                     break
                 for tmp in tmps:
                     paths.rmtree(tmp)
