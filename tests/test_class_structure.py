@@ -23,6 +23,13 @@ def _reference(emb, ids, labels):
     return {"class_r2": 1 - within / (c**2).sum(), "class_1nn": hits / len(x)}
 
 
+def _source_reference(emb, ids, labels, ref_emb, ref_ids, ref_labels):
+    """Float64, loops: the fraction of rows whose nearest reference row has the same class."""
+    unit = lambda m, i: np.asarray(m, np.float64)[i] / np.linalg.norm(np.asarray(m, np.float64)[i], axis=1, keepdims=True)  # noqa: E731
+    x, r = unit(emb, ids), unit(ref_emb, ref_ids)
+    return sum(ref_labels[int(np.argmax([x[i] @ r[j] for j in range(len(r))]))] == labels[i] for i in range(len(x))) / len(x)
+
+
 @pytest.mark.parametrize("block", [1024, 7])
 def test_equals_the_float64_reference(block):
     rng = np.random.default_rng(0)
@@ -67,3 +74,37 @@ def test_word_classes_and_tagged_rows(tmp_path):
 def test_too_few_words_is_one_line():
     with pytest.raises(UserError, match="expected at least 10"):
         class_structure(np.zeros((5, 4)), np.arange(3), ["A", "B", "A"])
+
+
+@pytest.mark.parametrize("block", [1024, 7])
+def test_source_class_1nn_equals_the_float64_reference(block):
+    rng = np.random.default_rng(2)
+    labels = [f"C{k}" for k in rng.integers(4, size=90)]
+    ref_labels = [f"C{k}" for k in rng.integers(4, size=70)]
+    centres = rng.normal(size=(4, 12))
+    emb = centres[[int(c[1:]) for c in labels]] + 1.2 * rng.normal(size=(90, 12))
+    ref = centres[[int(c[1:]) for c in ref_labels]] + 1.2 * rng.normal(size=(70, 12))
+    ids, ref_ids = rng.permutation(90), rng.permutation(70)
+    got = class_structure(emb, ids, [labels[i] for i in ids], reference=(ref, ref_ids, [ref_labels[i] for i in ref_ids]),
+                          block=block)
+    want = _source_reference(emb, ids, [labels[i] for i in ids], ref, ref_ids, [ref_labels[i] for i in ref_ids])
+    assert got["source_class_1nn"] == pytest.approx(want, abs=1e-12)
+    assert 0.3 < want < 0.95  # neither chance nor perfect: the test can tell a wrong neighbour apart
+
+
+def test_source_class_1nn_is_one_for_the_source_rows_relabelled():
+    """The oracle's rows are the source rows re-indexed through the dictionary: each row's nearest source
+    row is itself, so the score is exactly 1 however untidy the classes are."""
+    rng = np.random.default_rng(3)
+    src = rng.normal(size=(60, 8))
+    labels = [f"C{k}" for k in rng.integers(5, size=60)]
+    perm = rng.permutation(60)
+    oracle = src[perm]  # target word t is source word perm[t]
+    got = class_structure(oracle, np.arange(60), [labels[p] for p in perm], reference=(src, np.arange(60), labels))
+    assert got["source_class_1nn"] == 1.0 and got["class_1nn"] < 0.6
+
+
+def test_reference_of_another_width_is_one_line():
+    with pytest.raises(UserError, match="width 4.*8"):
+        class_structure(np.ones((20, 8)) + np.eye(20, 8), np.arange(20), ["A", "B"] * 10,
+                        reference=(np.ones((20, 4)), np.arange(20), ["A", "B"] * 10))

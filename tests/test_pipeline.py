@@ -127,6 +127,11 @@ def test_class_structure_rows_of_each_embedding(experiment):
             src, orc = got[(m, "pretrain", "syn", metric)], got[(m, "oracle", "syn_perm", metric)]
             relearned = got[(m, "language_adapt", "syn_perm", metric)]
             assert orc == pytest.approx(src, abs=0.01) and 0.0 <= relearned <= 1.0, (m, metric)
+        # each oracle row is its gold source word's row: its nearest source word is itself (but the rare
+        # words that share the unk row)
+        assert got[(m, "oracle", "syn_perm", "source_class_1nn")] > 0.95
+        assert 0.0 <= got[(m, "language_adapt", "syn_perm", "source_class_1nn")] <= 1.0
+        assert (m, "pretrain", "syn", "source_class_1nn") not in got  # the source is its own reference
     cached = json.loads((d / "language_adapt/standard-s0/syn_perm-3000/class_structure.json").read_text())
     assert cached["syn_perm"]["class_r2"] == got[("standard", "language_adapt", "syn_perm", "class_r2")]
     report = (d / "report.md").read_text().split("## Class structure of the token embeddings", 1)
@@ -147,11 +152,19 @@ def test_rerun_skips_complete_stages(experiment, capsys):
 def test_pretrained_with_a_seed_placeholder_reuses_another_sweeps_pretraining(experiment, tmp_path):
     """`pipeline.pretrained: {m: <sweep>/pretrain/m-s{seed}}`: no pretraining runs, and every later stage
     gives the numbers of the sweep that pretrained them (an adaptation arm without pretraining again)."""
+    import shutil
+
     cfg, d, result = experiment
-    reuse = {m: str(d / "pretrain" / f"{m}-s{{seed}}") for m in cfg.pipeline.models}
+    shutil.copytree(d / "pretrain", tmp_path / "theirs")  # a copy without its class-structure cache
+    for f in (tmp_path / "theirs").glob("*/class_structure.json"):
+        f.unlink()
+    reuse = {m: str(tmp_path / "theirs" / f"{m}-s{{seed}}") for m in cfg.pipeline.models}
     other = cfg.model_copy(update={"pipeline": cfg.pipeline.model_copy(update={"pretrained": reuse})})
     again = run_pipeline(other, tmp_path / "arm")
     assert not (tmp_path / "arm" / "pretrain").exists()
+    # the reused runs are scored but not written to: they belong to another sweep
+    assert [r for r in again.results["class_structure"] if r["stage"] == "pretrain"]
+    assert not list((tmp_path / "theirs").glob("*/class_structure.json"))
     key = lambda r: (r["model"], r["stage"], r["metric"], r.get("budget"))  # noqa: E731
     want = {key(r): r["value"] for r in result.results["summary"] if r["stage"] != "pretrain"}
     got = {key(r): r["value"] for r in again.results["summary"]}

@@ -342,8 +342,11 @@ def _draw(path: Path, plot: Callable[..., bool], *args) -> bool:
 
 _CLASS_NOTE = ("How much of each embedding matrix's geometry is its words' gold classes (UPOS): `class_r2` is "
                "the share of the variance of the unit-normalised rows explained by the class means, `class_1nn` "
-               "the fraction of words whose nearest other word (cosine) has the same class. A relearned matrix "
-               "far below the oracle's has not recovered the classes a structural task body reads.")
+               "the fraction of words whose nearest other word (cosine) has the same class, and `source_class_1nn` "
+               "the fraction whose nearest source-language word of the same pretrained body has the same class "
+               "(the oracle's is 1 by construction): whether the rows sit where the task body learnt each class, "
+               "not only in tidy clusters of their own. A relearned matrix far below the oracle's has not "
+               "recovered the classes a structural task body reads.")
 
 
 def write_pipeline_report(

@@ -299,13 +299,37 @@ def run_pipeline(cfg: Config, run_dir: str | Path, *, only: list[str] | None = N
         return found
 
     word_files = _word_classes(cfg)
+    gold: dict[str, dict[str, str]] = {}  # language -> word -> class, each language's files parsed once
     class_rows: list[dict] = []  # beside `summary`, not in it: its rows are task scores and MLM losses
 
-    def classes(d: Path, language: str, tags: dict):
-        """How class-structured run d's token embeddings are in `language` (when its word classes are known)."""
-        if _done(d) is None and not str(d).startswith("hf:"):
-            return  # not run (`--only` another stage)
-        class_rows.extend({**r, **tags} for r in _class_rows(d, language, word_files.get(language, []), cfg.data.data_dir, run_dir))
+    source = _headline(cfg)["source"]
+    refs: dict[str, tuple] = {}  # pretrained run -> its source-language (embeddings, ids, classes)
+
+    def gold_classes(language: str) -> dict[str, str] | None:
+        if not word_files.get(language):
+            return None
+        if language not in gold:
+            from xlplastic.analysis.class_structure import word_classes
+            from xlplastic.data.sources import resolve_path
+
+            gold[language] = word_classes([resolve_path(f, cfg.data.data_dir) for f in word_files[language]])
+        return gold[language]
+
+    def reference(p_dir: Path):
+        """The source-language rows of the pretrained (frozen, so also the task-adapted) body's embeddings."""
+        if str(p_dir) not in refs:
+            refs[str(p_dir)] = _tagged_embeddings(p_dir, gold_classes(source))
+        return refs[str(p_dir)]
+
+    def classes(d: Path, language: str, tags: dict, keep: bool = True, p_dir: Path | None = None):
+        """How class-structured run d's token embeddings are in `language` (when its word classes are known);
+        with p_dir, also how close they sit to the source-language classes of that pretrained body.
+        keep=False for a run this sweep reuses but does not own (`pipeline.pretrained`): nothing is written there."""
+        if gold_classes(language) is None or (_done(d) is None and not str(d).startswith("hf:")):
+            return  # no gold classes, or not run (`--only` another stage)
+        ref = (lambda: reference(p_dir)) if p_dir is not None and gold_classes(source) is not None else None
+        rows = _class_rows(d, language, lambda: gold[language], keep=keep, reference=ref)
+        class_rows.extend({**r, **tags} for r in rows)
 
     def adapt(m, seed, draw, target, budget):
         """Language adaptation (new embeddings, draw `draw`) and the zero-shot evaluation of its assembly."""
@@ -313,7 +337,7 @@ def run_pipeline(cfg: Config, run_dir: str | Path, *, only: list[str] | None = N
         tags = {"model": m, "seed": seed, "budget": budget} | ({"draw": draw} if pcfg.draws > 1 else {})
         stage("language_adapt", l_dir, lambda: sweep.language_adapt(m, seed, target, budget, draw),
               lambda c, d: run(c, d), tags)
-        classes(l_dir, target.language, {**tags, "stage": "language_adapt"})
+        classes(l_dir, target.language, {**tags, "stage": "language_adapt"}, p_dir=sweep.pretrain_dir(m, seed))
         key = f"{m}/s{seed}" + (f"d{draw}" if pcfg.draws > 1 else "")
         curves["language_adapt"][f"{key}/{target.language}/{budget}"] = _metric_rows(l_dir)
         stage("evaluate", sweep.evaluate_dir(m, seed, target, budget, draw),
@@ -330,7 +354,7 @@ def run_pipeline(cfg: Config, run_dir: str | Path, *, only: list[str] | None = N
                     stage("pretrain", p_dir, lambda: pre_cfg, lambda c, d: run(c, d), {"model": m, "seed": seed})
                 curves["pretrain"][f"{m}/s{seed}"] = _metric_rows(p_dir)
                 for lang in dict.fromkeys(c.language for c in pre_cfg.data.corpora):
-                    classes(p_dir, lang, {"model": m, "seed": seed, "stage": "pretrain"})
+                    classes(p_dir, lang, {"model": m, "seed": seed, "stage": "pretrain"}, keep=m not in pcfg.pretrained)
                 if cfg.analysis is not None:  # cross-lingual structure of the pretrained model
                     stage("analyze", run_dir / "analyze" / tag, lambda: None,
                           lambda c, d, p_dir=p_dir, m=m: _analyze_stage(p_dir, m, cfg, d), {"model": m, "seed": seed})
@@ -342,7 +366,8 @@ def run_pipeline(cfg: Config, run_dir: str | Path, *, only: list[str] | None = N
                     if "oracle" in pcfg.embeddings:
                         stage("oracle", sweep.oracle_dir(m, seed, target), lambda: sweep.oracle(m, seed, target),
                               lambda c, d: run_task(c, d, stage="oracle"), {"model": m, "seed": seed})
-                        classes(sweep.oracle_dir(m, seed, target), target.language, {"model": m, "seed": seed, "stage": "oracle"})
+                        classes(sweep.oracle_dir(m, seed, target), target.language, {"model": m, "seed": seed, "stage": "oracle"},
+                                p_dir=p_dir)
                     if "adapted" not in pcfg.embeddings:
                         continue
                     for budget in pcfg.budgets:
@@ -388,24 +413,32 @@ def _word_classes(cfg: Config) -> dict[str, list[str]]:
     return {l.name: gold_tags(cfg.lab, l.name) for l in cfg.lab.languages}
 
 
-def _class_rows(d: Path, language: str, files: list[str], data_dir, run_dir: Path) -> list[dict]:
-    """class_r2 / class_1nn rows of run `d`'s token embeddings over `language`'s tagged words; computed
-    once and kept in d/class_structure.json (not written into a run outside this sweep)."""
-    from xlplastic.analysis.class_structure import MIN_WORDS, class_structure, tagged_rows, word_classes
+def _tagged_embeddings(d: Path, classes: dict[str, str]) -> tuple:
+    """(token embeddings, ids, classes) of run d's rows for the tagged words it has a token for."""
+    from xlplastic.analysis.class_structure import tagged_rows
     from xlplastic.analysis.reps import load_model
-    from xlplastic.data.sources import resolve_path
     from flax.traverse_util import flatten_dict
 
-    if not files:
-        return []
+    model = load_model(d)
+    ids, labels = tagged_rows(model.tokenizer, classes)
+    return flatten_dict(model.params, sep="/")["token_embed"], ids, labels
+
+
+def _class_rows(d: Path, language: str, classes, keep: bool, reference=None) -> list[dict]:
+    """class_r2 / class_1nn (and source_class_1nn against `reference()`) rows of run `d`'s token embeddings
+    over `language`'s tagged words (`classes()`: word -> class); computed once and kept in
+    d/class_structure.json when `keep` (the run is this sweep's own)."""
+    from xlplastic.analysis.class_structure import MIN_WORDS, class_structure
+
     cache = d / "class_structure.json"
     found = json.loads(cache.read_text(encoding="utf-8")) if cache.is_file() else {}
-    if language not in found:
-        model = load_model(d)
-        ids, labels = tagged_rows(model.tokenizer, word_classes([resolve_path(f, data_dir) for f in files]))
-        emb = flatten_dict(model.params, sep="/")["token_embed"]
-        found[language] = class_structure(emb, ids, labels) if len(ids) >= MIN_WORDS else {}
-        if is_main() and str(d).startswith(str(run_dir)):
+    if language not in found or (reference is not None and found[language] and "source_class_1nn" not in found[language]):
+        emb, ids, labels = _tagged_embeddings(d, classes())
+        ref = reference() if reference is not None else None
+        ok = len(ids) >= MIN_WORDS and (ref is None or len(ref[1]) >= MIN_WORDS)
+        found[language] = (class_structure(emb, ids, labels, reference=ref) if ok else
+                           class_structure(emb, ids, labels) if len(ids) >= MIN_WORDS else {})
+        if is_main() and keep:
             write_text_atomic(cache, json.dumps(found, indent=2) + "\n")
     return [{"task": "embeddings", "metric": k, "language": language, "value": v} for k, v in found[language].items()]
 
