@@ -142,11 +142,12 @@ def test_full_disk_during_a_save(root, tmp_path, capsys):
         cfg = load_config(root / "configs/tiny.yaml", ARGS + [f"data.cache_dir={cache}"])
         run(cfg, d, stop_at=10)
         filler = mnt / "filler"
-        with open(filler, "wb") as f:  # fill the disk but for a few KB
+        # fill the disk but for a few KB; unbuffered, so that close() has nothing left to flush (a buffered
+        # file re-raised ENOSPC from its close, now and then, on the last partial block)
+        with open(filler, "wb", buffering=0) as f:
             try:
-                while True:
-                    f.write(bytes(1 << 16))
-                    f.flush()
+                while f.write(bytes(1 << 16)):
+                    pass
             except OSError:
                 pass
         with open(filler, "r+b") as f:  # room for the small files (config, metrics), not for a checkpoint
