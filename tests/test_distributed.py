@@ -12,7 +12,7 @@ import time
 import pytest
 
 from cli_helpers import (
-    QUIET, TINY, Background, cached_run, checkpoint_steps, cli_env, free_port, run_cli, run_cmd, train_rows,
+    HANG, QUIET, TINY, Background, cached_run, checkpoint_steps, cli_env, free_port, run_cli, run_cmd, train_rows,
     wait_until,
 )
 
@@ -33,7 +33,7 @@ def _launch(tmp_path, env, run_dir, name, config=TINY, flags=QUIET):
 def _preempt_one_of_two(procs, run_dir, after_rows=12):
     """SIGTERM to process 1 only, while process 0 is frozen mid-run (so the run cannot finish first)."""
     try:
-        wait_until(lambda: len(train_rows(run_dir)) >= after_rows, procs[0].proc, 180, f"step {after_rows}")
+        wait_until(lambda: len(train_rows(run_dir)) >= after_rows, procs[0].proc, HANG, f"step {after_rows}")
         procs[0].proc.send_signal(signal.SIGSTOP)
         procs[1].proc.send_signal(signal.SIGTERM)
         time.sleep(0.5)
@@ -44,7 +44,7 @@ def _preempt_one_of_two(procs, run_dir, after_rows=12):
         raise
 
 
-def _wait_all(procs, timeout=240):
+def _wait_all(procs, timeout=HANG):
     try:
         return [p.wait(timeout=timeout) for p in procs]
     finally:
@@ -123,7 +123,7 @@ def test_two_process_task_run_stops_at_the_agreed_step(tmp_path_factory, tmp_pat
     env = cli_env(tmp_path_factory)
     cfg = _task_config(tmp_path)
     single = tmp_path / "single"
-    done = run_cli(run_cmd(cfg, single), env, timeout=300)
+    done = run_cli(run_cmd(cfg, single), env, timeout=HANG)
     assert done.returncode == 0, done.stderr[-3000:]
     ref = [r["loss"] for r in train_rows(single)]
     assert len(ref) == 40
@@ -132,7 +132,7 @@ def test_two_process_task_run_stops_at_the_agreed_step(tmp_path_factory, tmp_pat
 
     procs = _launch(tmp_path, env, d, "first", cfg, flags=())
     _preempt_one_of_two(procs, d)
-    outs = _wait_all(procs, timeout=180)
+    outs = _wait_all(procs, timeout=HANG)
     for i, o in enumerate(outs):
         assert o.returncode == 143, f"process {i} exit {o.returncode}:\n{o.stdout[-2000:]}\n{o.stderr[-4000:]}"
     steps = checkpoint_steps(d)
@@ -140,7 +140,7 @@ def test_two_process_task_run_stops_at_the_agreed_step(tmp_path_factory, tmp_pat
     state = d / "checkpoints" / str(steps[-1]) / "state"
     assert (state / "ocdbt.process_0").is_dir() and (state / "ocdbt.process_1").is_dir()  # both wrote it
 
-    outs = _wait_all(_launch(tmp_path, env, d, "resumed", cfg, flags=()), timeout=180)
+    outs = _wait_all(_launch(tmp_path, env, d, "resumed", cfg, flags=()), timeout=HANG)
     for i, o in enumerate(outs):
         assert o.returncode == 0, f"process {i}:\n{o.stdout[-2000:]}\n{o.stderr[-4000:]}"
     rows = train_rows(d)

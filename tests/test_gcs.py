@@ -21,6 +21,7 @@ pytest.importorskip("gcsfs")
 pytest.importorskip("gcp_storage_emulator")
 
 from cli_helpers import (  # noqa: E402
+    HANG,
     QUIET,
     REPO,
     TINY,
@@ -79,10 +80,10 @@ def test_gs_run_dir_stopped_by_sigterm_resumed_and_repaired_equals_the_local_run
     cmd = run_cmd(TINY, f"gs://{emulator.bucket}/{prefix}", *ARGS)
 
     bg = Background(cmd, env, tmp_path, "first")
-    wait_until(lambda: 10 in _committed(emulator, prefix), bg.proc, timeout=120,
+    wait_until(lambda: 10 in _committed(emulator, prefix), bg.proc, timeout=HANG,
                what="checkpoint 10 committed in the bucket", poll=0.05)
     bg.proc.send_signal(signal.SIGTERM)
-    first = bg.wait(timeout=90)
+    first = bg.wait(timeout=HANG)
     assert first.returncode == 143, first.stderr[-3000:]
     stopped = int(re.search(r"stopped at step (\d+) \(signal 15\)", first.stdout).group(1))
     assert 10 <= stopped < STEPS
@@ -91,7 +92,7 @@ def test_gs_run_dir_stopped_by_sigterm_resumed_and_repaired_equals_the_local_run
     assert [r["step"] for r in rows] == list(range(1, stopped + 1))  # metrics.jsonl uploaded at close
     assert [r["loss"] for r in rows] == reference[:stopped]
 
-    second = run_cli(cmd, env, timeout=180)
+    second = run_cli(cmd, env, timeout=HANG)
     assert second.returncode == 0, second.stderr[-3000:]
     assert f"resumed from gs://{emulator.bucket}/{prefix}/checkpoints/{stopped} (step {stopped})" in second.stdout
     rows = _train(_rows(emulator, prefix))
@@ -119,7 +120,7 @@ def test_gs_run_dir_stopped_by_sigterm_resumed_and_repaired_equals_the_local_run
     shard = max((n for n in names if n.startswith(f"{prefix}/checkpoints/60/state/") and "/d/" in n),
                 key=lambda n: len(emulator.read(n)))
     emulator.write(shard, emulator.read(shard)[:-7])
-    third = run_cli(cmd, env, timeout=180)
+    third = run_cli(cmd, env, timeout=HANG)
     assert third.returncode == 0, third.stderr[-3000:]
     assert f"resumed from gs://{emulator.bucket}/{prefix}/checkpoints/50 (step 50)" in third.stdout
     assert "checkpoints/60 is damaged" in third.stderr and "moved to" in third.stderr
@@ -155,11 +156,11 @@ def test_pipeline_in_a_bucket_equals_the_local_pipeline(tmp_path, emulator, env)
     same numbers as the same pipeline in a local folder, and a rerun skips every stage."""
     config = REPO / "configs" / "quickstart.yaml"
     local = tmp_path / "local"
-    done = run_cli(run_cmd(config, local, *PIPE), env, timeout=600)
+    done = run_cli(run_cmd(config, local, *PIPE), env, timeout=HANG)
     assert done.returncode == 0, done.stderr[-3000:]
     prefix = "pipe"
     cmd = run_cmd(config, f"gs://{emulator.bucket}/{prefix}", *PIPE)
-    done = run_cli(cmd, env, timeout=600)
+    done = run_cli(cmd, env, timeout=HANG)
     assert done.returncode == 0, done.stderr[-3000:]
 
     want = json.loads((local / "results.json").read_text())["summary"]
@@ -176,7 +177,7 @@ def test_pipeline_in_a_bucket_equals_the_local_pipeline(tmp_path, emulator, env)
     figures = sorted(f for f in local_files if f.endswith(".png") and "/" not in f)
     assert figures and all(f"{prefix}/{f}" in names for f in figures)
 
-    again = run_cli(cmd, env, timeout=300)  # complete stages are records: skipped, not rerun
+    again = run_cli(cmd, env, timeout=HANG)  # complete stages are records: skipped, not rerun
     assert again.returncode == 0, again.stderr[-3000:]
     assert again.stdout.count("complete, skipped") == 5, again.stdout[-3000:]
     assert json.loads(emulator.read(f"{prefix}/results.json"))["summary"] == want

@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 
 from cli_helpers import (
+    HANG,
     QUIET,
     TINY,
     Background,
@@ -66,9 +67,9 @@ def test_sigterm_saves_at_the_current_step_exits_143_and_resumes_exactly(tmp_pat
     cmd = run_cmd(TINY, d, *ARGS)
     bg = Background(cmd, env, tmp_path, "first")
     # early (past the periodic checkpoint at 10), so the run is far from done when the signal lands
-    wait_until(lambda: last_step(d) >= 13, bg.proc, timeout=90, what="step 13 in metrics.jsonl")
+    wait_until(lambda: last_step(d) >= 13, bg.proc, timeout=HANG, what="step 13 in metrics.jsonl")
     bg.proc.send_signal(signal.SIGTERM)
-    first = bg.wait(timeout=60)
+    first = bg.wait(timeout=HANG)
 
     assert first.returncode == 128 + signal.SIGTERM == 143, first.stderr[-3000:]
     m = re.search(r"stopped at step (\d+) \(signal 15\)", first.stdout)
@@ -95,12 +96,12 @@ def _kill_between_checkpoints(tmp_path, env, attempt: int):
     cmd = run_cmd(TINY, d, *ARGS, "--set", "checkpoint.async_save=false")
     bg = Background(cmd, env, tmp_path, f"first{attempt}")
     try:
-        wait_until(lambda: last_step(d) >= 13, bg.proc, timeout=90, what="step 13 in metrics.jsonl")
+        wait_until(lambda: last_step(d) >= 13, bg.proc, timeout=HANG, what="step 13 in metrics.jsonl")
         bg.proc.send_signal(signal.SIGSTOP)
         logged, entries = last_step(d), checkpoint_entries(d)
     finally:
         bg.kill()
-    first = bg.wait(timeout=30)
+    first = bg.wait(timeout=HANG)
     assert first.returncode == -signal.SIGKILL
     return (d, cmd, logged) if entries == ["10"] and 13 <= logged < 20 else None
 
@@ -160,18 +161,18 @@ def test_sigkill_at_ten_random_points_including_mid_save(tmp_path, env, referenc
         target = min(STEPS - 1, start + int(rng.integers(1, 9)))
         bg = Background(cmd, env, tmp_path, f"kill{attempt}")
         try:
-            wait_until(lambda: last_step(d) >= target or bg.proc.poll() is not None, bg.proc, timeout=120,
+            wait_until(lambda: last_step(d) >= target or bg.proc.poll() is not None, bg.proc, timeout=HANG,
                        what=f"step {target}")
         except AssertionError:
             pass  # the run ended on its own (it got to the end): nothing to kill
         finally:
             bg.kill()
-        done = bg.wait(timeout=30)
+        done = bg.wait(timeout=HANG)
         kills += done.returncode == -signal.SIGKILL
         if (d / "results.json").exists():
             break
     assert kills >= 8, kills
     if not (d / "results.json").exists():
-        last = run_cli(cmd, env, timeout=180)
+        last = run_cli(cmd, env, timeout=HANG)
         assert last.returncode == 0, last.stderr[-3000:]
     _assert_same_run(d, reference)
