@@ -328,7 +328,7 @@ def run_pipeline(cfg: Config, run_dir: str | Path, *, only: list[str] | None = N
         if gold_classes(language) is None or (_done(d) is None and not str(d).startswith("hf:")):
             return  # no gold classes, or not run (`--only` another stage)
         ref = (lambda: reference(p_dir)) if p_dir is not None and gold_classes(source) is not None else None
-        rows = _class_rows(d, language, lambda: gold[language], keep=keep, reference=ref)
+        rows = _class_rows(d, language, gold_classes(language), keep=keep, reference=ref)
         class_rows.extend({**r, **tags} for r in rows)
 
     def adapt(m, seed, draw, target, budget):
@@ -424,20 +424,20 @@ def _tagged_embeddings(d: Path, classes: dict[str, str]) -> tuple:
     return flatten_dict(model.params, sep="/")["token_embed"], ids, labels
 
 
-def _class_rows(d: Path, language: str, classes, keep: bool, reference=None) -> list[dict]:
-    """class_r2 / class_1nn (and source_class_1nn against `reference()`) rows of run `d`'s token embeddings
-    over `language`'s tagged words (`classes()`: word -> class); computed once and kept in
-    d/class_structure.json when `keep` (the run is this sweep's own)."""
+def _class_rows(d: Path, language: str, classes: dict[str, str], keep: bool, reference=None) -> list[dict]:
+    """class_r2 / class_1nn (and source_class_1nn against `reference()`, called only on a cache miss) rows of
+    run `d`'s token embeddings over `language`'s tagged words (`classes`: word -> class); computed once and
+    kept in d/class_structure.json when `keep` (the run is this sweep's own)."""
     from xlplastic.analysis.class_structure import MIN_WORDS, class_structure
 
     cache = d / "class_structure.json"
     found = json.loads(cache.read_text(encoding="utf-8")) if cache.is_file() else {}
     if language not in found or (reference is not None and found[language] and "source_class_1nn" not in found[language]):
-        emb, ids, labels = _tagged_embeddings(d, classes())
+        emb, ids, labels = _tagged_embeddings(d, classes)
         ref = reference() if reference is not None else None
-        ok = len(ids) >= MIN_WORDS and (ref is None or len(ref[1]) >= MIN_WORDS)
-        found[language] = (class_structure(emb, ids, labels, reference=ref) if ok else
-                           class_structure(emb, ids, labels) if len(ids) >= MIN_WORDS else {})
+        if ref is not None and len(ref[1]) < MIN_WORDS:
+            ref = None  # too few tagged source words to score against: the other two metrics only
+        found[language] = class_structure(emb, ids, labels, reference=ref) if len(ids) >= MIN_WORDS else {}
         if is_main() and keep:
             write_text_atomic(cache, json.dumps(found, indent=2) + "\n")
     return [{"task": "embeddings", "metric": k, "language": language, "value": v} for k, v in found[language].items()]
