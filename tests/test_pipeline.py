@@ -89,6 +89,10 @@ def test_results_rows_resets_and_report(experiment):
     assert all(set(r) >= {"model", "stage", "task", "language", "metric", "value"} for r in rows)
     saved = json.loads((d / "results.json").read_text())
     assert saved["summary"] == rows
+    # forgetting - standard, paired by seed, beside the rows it is computed from
+    (zs,) = [x for x in saved["differences"] if x["stage"] == "evaluate"]
+    by = {r["model"]: r["value"] for r in ev}  # one seed, one draw
+    assert zs["seeds"] == 1 and zs["seed_std"] == 0.0 and zs["mean"] == pytest.approx(by["forgetting"] - by["standard"])
     metrics = [json.loads(l) for l in (d / "pretrain/forgetting-s0/metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in metrics if r.get("reset")] == [5, 10]
     report = (d / "report.md").read_text()

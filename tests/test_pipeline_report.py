@@ -3,7 +3,7 @@
 import math
 import re
 
-from xlplastic.pipeline_report import write_pipeline_report
+from xlplastic.pipeline_report import differences, paired_difference, write_pipeline_report
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 MODELS, SEEDS, BUDGETS, LANG = ("standard", "forgetting"), (0, 1), (20_000, 200_000), "syn_perm"
@@ -63,14 +63,16 @@ def test_full_pipeline_report(tmp_path):
 
     text = report.read_text()
     assert text.startswith("# relearn-test") and "- synthetic data" in text
-    # by hand: standard @20k = (0.50 + 0.54) / 2 = 0.52, sample std = 0.02·√2; forgetting = 0.61; diff = +0.09
+    # by hand: standard @20k = (0.50 + 0.54) / 2 = 0.52, sample std = 0.02·√2; forgetting = 0.61; paired by
+    # seed the differences are 0.10 and 0.08: +0.09 ± 0.01·√2, forgetting ahead on both seeds
     std = math.sqrt(2 * 0.02**2)
     row = next(line for line in text.splitlines() if line.startswith("| xnli | accuracy | syn_perm | 20,000 |"))
     cells = [c.strip() for c in row.strip("|").split("|")]
     assert cells[4] == f"0.5200 ± {std:.4f} (n=2)"
-    assert cells[5].startswith("0.6100 ± ") and cells[6] == "+0.0900"
+    assert cells[5].startswith("0.6100 ± ") and cells[6] == f"+0.0900 ± {math.sqrt(2) * 0.01:.4f} (2/2 seeds ahead)"
     row = next(line for line in text.splitlines() if line.startswith("| xnli | accuracy | syn_perm | 200,000 |"))
-    assert "0.6400 ± 0.0141 (n=2)" in row and "+0.0300" in row  # the NaN seed is dropped
+    # the NaN seed is dropped, and seed 2 has no standard run to pair with
+    assert "0.6400 ± 0.0141 (n=2)" in row and "+0.0300 ± 0.0000 (2/2 seeds ahead)" in row
     assert "| xnli | accuracy | en | – | 0.8000 ± 0.0000 (n=2)" in text  # source-language task table
     assert f"| mlm | loss | {LANG} | 200,000 | 3.9500 ±" in text  # language-adaptation table
 
@@ -108,7 +110,9 @@ def test_headline_table_and_reading(tmp_path):
     assert text.index("## Headline: nli accuracy (wordlevel tokenizer)") < text.index("## Zero-shot results")
     assert "| model | source (syn) | zero-shot syn_perm, 5k tokens | oracle syn_perm |" in text
     assert "| standard | 0.9800 (n=1) | 0.5000 ± 0.1000 (n=3) | 0.9800 (n=1) |" in text
-    assert "| forgetting − standard | +0.0000 | +0.3000 | +0.0000 |" in text
+    # one seed: its three draws are averaged before the difference, so no seed spread to show
+    assert ("| forgetting − standard (paired by seed) | +0.0000 (0/1 seed ahead) | +0.3000 (1/1 seed ahead) "
+            "| +0.0000 (0/1 seed ahead) |") in text
     assert "| chance (majority label) | 0.3333 | 0.3333 | 0.3333 |" in text
     reading = next(line for line in text.splitlines() if line.startswith("**Reading:**"))
     # (0.5 - 1/3) / (0.98 - 1/3) = 26%; (0.8 - 1/3) / (0.98 - 1/3) = 72%
@@ -117,3 +121,24 @@ def test_headline_table_and_reading(tmp_path):
     assert "![headline: source, zero-shot and oracle](headline.png)" in text
     assert (tmp_path / "headline.png").read_bytes().startswith(PNG_SIGNATURE)
     assert "## Oracle assembly" in text
+
+
+def test_paired_difference_is_over_seeds_not_draws():
+    """Draws are averaged within a seed before the difference: the std is the pretraining-seed spread."""
+    rows = []
+    # standard: seed means 0.40, 0.50, 0.45; forgetting: 0.60, 0.50, 0.65 -> differences +0.20, 0.00, +0.20
+    for m, per_seed in (("standard", [[0.35, 0.45], [0.50, 0.50], [0.40, 0.50]]),
+                        ("forgetting", [[0.70, 0.50], [0.45, 0.55], [0.65, 0.65]])):
+        for seed, draws in enumerate(per_seed):
+            rows += [dict(model=m, stage="evaluate", task="nli", language="t", metric="accuracy", value=v,
+                          seed=seed, budget=1000, draw=k) for k, v in enumerate(draws)]
+    rows.append(dict(model="forgetting", stage="evaluate", task="nli", language="t", metric="accuracy", value=0.99,
+                     seed=9, budget=1000, draw=0))  # no standard run of seed 9: not paired
+    d = paired_difference(rows)
+    assert d["n"] == 3 and d["ahead"] == 2
+    assert math.isclose(d["mean"], 0.4 / 3) and math.isclose(d["std"], math.sqrt(((0.2 - 0.4 / 3) ** 2 * 2 + (0.4 / 3) ** 2) / 2))
+    (row,) = differences(rows)
+    assert row == {"models": "forgetting - standard", "stage": "evaluate", "task": "nli", "metric": "accuracy",
+                   "language": "t", "budget": 1000, "mean": d["mean"], "seed_std": d["std"], "seeds": 3,
+                   "seeds_ahead": 2}
+    assert differences([r for r in rows if r["model"] == "standard"]) == []  # one model: nothing to pair

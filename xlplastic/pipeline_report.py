@@ -54,6 +54,48 @@ def _stats(values: list) -> dict | None:
     return {"mean": mean, "std": std, "min": min(xs), "max": max(xs), "n": n, "values": xs}
 
 
+def paired_difference(rows: list[dict], base: str = "standard", other: str = "forgetting") -> dict | None:
+    """`other` − `base` paired by pretraining seed: each seed's draws are averaged per model first, so the
+    std is the spread over seeds (what the paper's claim has to survive), not over draws. None without a
+    seed both models have."""
+    per: dict = defaultdict(lambda: defaultdict(list))
+    for r in rows:
+        if math.isfinite(v := _num(r.get("value"))):
+            per[r.get("seed")][str(r.get("model"))].append(v)
+    d = [sum(m[other]) / len(m[other]) - sum(m[base]) / len(m[base]) for _, m in sorted(per.items(), key=lambda x: str(x[0]))
+         if m.get(other) and m.get(base)]
+    if not d:
+        return None
+    s = _stats(d)
+    return {"mean": s["mean"], "std": s["std"], "n": s["n"], "ahead": sum(x > 0 for x in d), "values": d}
+
+
+def _diff_cell(rows: list[dict]) -> str:
+    """`+0.1025 ± 0.0790 (6/6 seeds ahead)`: the paired difference with its seed spread beside it."""
+    d = paired_difference(rows)
+    if d is None:
+        return "–"
+    return f"{d['mean']:+.4f}" + (f" ± {d['std']:.4f}" if d["n"] > 1 else "") + f" ({d['ahead']}/{d['n']} seed" + (
+        "s" if d["n"] > 1 else "") + " ahead)"
+
+
+def differences(summary: list[dict], base: str = "standard", other: str = "forgetting") -> list[dict]:
+    """results.json `differences`: one row per (stage, task, metric, language, budget) both models have."""
+    if not {base, other} <= {str(r.get("model")) for r in summary}:
+        return []
+    acc: dict = defaultdict(list)
+    for r in summary:
+        if r.get("stage") in ("task_adapt", "oracle", "evaluate"):
+            acc[(r.get("stage"), *_key(r))].append(r)
+    out = []
+    for (stage, task, metric, lang, budget), rows in acc.items():
+        if d := paired_difference(rows, base, other):
+            out.append({"models": f"{other} - {base}", "stage": stage, "task": task, "metric": metric,
+                        "language": lang, "budget": budget, "mean": d["mean"], "seed_std": d["std"],
+                        "seeds": d["n"], "seeds_ahead": d["ahead"]})
+    return out
+
+
 def _order(names) -> list[str]:
     """standard, forgetting, then the rest by first appearance: stable columns and colours."""
     seen = list(dict.fromkeys(names))
@@ -69,12 +111,15 @@ def _budget(b: Any, long: bool = False) -> str:
     return f"{int(x):,}" if long else f"{x / div:g}{unit}"
 
 
+def _key(r: dict) -> tuple:
+    return str(r.get("task") or ""), str(r.get("metric") or ""), str(r.get("language") or ""), r.get("budget")
+
+
 def _group(rows: list[dict]) -> dict[tuple, dict[str, dict]]:
     """(task, metric, language, budget) -> model -> stats over seeds, sorted for stable output."""
     acc: dict = defaultdict(lambda: defaultdict(list))
     for r in rows:
-        key = (str(r.get("task") or ""), str(r.get("metric") or ""), str(r.get("language") or ""), r.get("budget"))
-        acc[key][str(r.get("model", "?"))].append(r.get("value"))
+        acc[_key(r)][str(r.get("model", "?"))].append(r.get("value"))
     order = sorted(acc, key=lambda k: (*k[:3], -1.0 if k[3] is None else _num(k[3])))
     return {k: {m: s for m, vs in acc[k].items() if (s := _stats(vs))} for k in order}
 
@@ -86,17 +131,17 @@ def _cell(s: dict | None) -> str:
 
 
 def _table(rows: list[dict]) -> list[str]:
-    """One row per task/metric/language/budget, one column per model (+ forgetting − standard)."""
+    """One row per task/metric/language/budget, one column per model (+ forgetting − standard, paired by seed)."""
     models = _order(str(r.get("model", "?")) for r in rows)
     diff = "standard" in models and "forgetting" in models
     head = ["task", "metric", "language", "budget", *models] + (["forgetting − standard"] if diff else [])
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for (task, metric, lang, budget), per in _group(rows).items():
+    for key, per in _group(rows).items():
+        task, metric, lang, budget = key
         cells = [task or "–", metric or "–", lang or "–", _budget(budget, long=True)]
         cells += [_cell(per.get(m)) for m in models]
         if diff:
-            s, f = per.get("standard"), per.get("forgetting")
-            cells.append(f"{f['mean'] - s['mean']:+.4f}" if s and f else "–")
+            cells.append(_diff_cell([r for r in rows if _key(r) == key]))
         lines.append("| " + " | ".join(cells) + " |")
     return lines + [""]
 
@@ -107,20 +152,21 @@ def _pick(rows: list[dict], task: str, metric: str, **where) -> list[dict]:
 
 
 def _headline_parts(summary: list[dict], headline: dict) -> tuple[list[str], list[tuple], dict]:
-    """Models, columns (label, stats per model) and chance per target for the headline table and plot."""
+    """Models, columns (label, kind, language, stats per model, rows) and chance per target for the headline."""
     task, metric, src = headline["task"], headline["metric"], headline["source"]
     stage_rows = lambda s: [r for r in summary if r.get("stage") == s]  # noqa: E731
     zero, oracle = _pick(stage_rows("evaluate"), task, metric), _pick(stage_rows("oracle"), task, metric)
     models = _order([str(r.get("model")) for r in _pick(stage_rows("task_adapt"), task, metric) + zero + oracle])
     per_model = lambda rows: {m: _stats([r.get("value") for r in rows if str(r.get("model")) == m]) for m in models}  # noqa: E731
-    columns = [(f"source ({src})", "source", None, per_model(_pick(stage_rows("task_adapt"), task, metric, language=src)))]
+    column = lambda label, kind, lang, rows: (label, kind, lang, per_model(rows), rows)  # noqa: E731
+    columns = [column(f"source ({src})", "source", None, _pick(stage_rows("task_adapt"), task, metric, language=src))]
     targets = list(dict.fromkeys(str(r.get("language")) for r in zero + oracle))
     for lang in targets:
         for b in sorted({r.get("budget") for r in zero if r.get("language") == lang}, key=_num):
-            columns.append((f"zero-shot {lang}, {_budget(b)} tokens", "zero-shot", lang,
-                            per_model(_pick(zero, task, metric, language=lang, budget=b))))
+            columns.append(column(f"zero-shot {lang}, {_budget(b)} tokens", "zero-shot", lang,
+                                  _pick(zero, task, metric, language=lang, budget=b)))
         if any(r.get("language") == lang for r in oracle):
-            columns.append((f"oracle {lang}", "oracle", lang, per_model(_pick(oracle, task, metric, language=lang))))
+            columns.append(column(f"oracle {lang}", "oracle", lang, _pick(oracle, task, metric, language=lang)))
     return models, columns, dict(headline.get("chance") or {})
 
 
@@ -138,11 +184,7 @@ def _headline(summary: list[dict], headline: dict | None) -> list[str]:
     for m in models:
         lines.append("| " + " | ".join([m] + [_cell(c[3].get(m)) for c in columns]) + " |")
     if "standard" in models and "forgetting" in models:
-        cells = []
-        for *_, per in columns:
-            s, f = per.get("standard"), per.get("forgetting")
-            cells.append(f"{f['mean'] - s['mean']:+.4f}" if s and f else "–")
-        lines.append("| forgetting − standard | " + " | ".join(cells) + " |")
+        lines.append("| forgetting − standard (paired by seed) | " + " | ".join(_diff_cell(c[4]) for c in columns) + " |")
     if chance:
         lines.append("| chance (majority label) | " + " | ".join(
             f"{chance[c[2]]:.4f}" if c[2] in chance else (f"{chance[headline['source']]:.4f}" if c[1] == "source"
@@ -159,7 +201,7 @@ def _reading(models: list[str], columns: list[tuple], chance: dict) -> str:
     zs = [c for c in columns if c[1] == "zero-shot"]
     orc = {c[2]: c[3] for c in columns if c[1] == "oracle"}
     if zs:
-        label, _, lang, per = zs[0]
+        label, _, lang, per, _ = zs[0]
         parts = []
         for m in models:
             z, o, ch = per.get(m), (orc.get(lang) or {}).get(m), chance.get(lang)
@@ -385,7 +427,8 @@ def write_pipeline_report(
              "Pretraining variants → cross-lingual analysis of each pretrained model → source-language task "
              "fine-tuning, scored on every test language (zero-shot on all but the source). ")
     lines = [f"# {name}", "", intro + "Cells are mean ± sample std over seeds and new-embedding draws (n = number of "
-             "runs with a finite value).", ""]
+             "runs with a finite value); a difference is paired by pretraining seed (each seed's draws averaged "
+             "first), with its sample std over seeds and the seeds on which forgetting is ahead.", ""]
     top = _headline(summary, headline)
     if top:
         lines += top

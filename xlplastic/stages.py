@@ -377,11 +377,14 @@ def run_pipeline(cfg: Config, run_dir: str | Path, *, only: list[str] | None = N
         log("pipeline interrupted; rerun the same command to resume where it stopped")
         return RunResult(run_dir, e.result.final_step, e.result.results, interrupted=True)
 
-    results = {"name": cfg.name, "summary": rows, "stages": list(STAGES)} | ({"class_structure": class_rows} if class_rows else {})
+    from xlplastic.pipeline_report import differences, write_pipeline_report
+
+    results = {"name": cfg.name, "summary": rows, "stages": list(STAGES)}
+    for key, extra in (("differences", differences(rows)), ("class_structure", class_rows)):
+        if extra:  # forgetting - standard paired by seed; embedding class scores
+            results[key] = extra
     if is_main():
         write_json(run_dir / "results.json", results)
-        from xlplastic.pipeline_report import write_pipeline_report
-
         report = write_pipeline_report(run_dir, cfg.name, rows, curves, notes=_notes(cfg), headline=_headline(cfg),
                                        class_structure=class_rows)
         log(f"done: {len(rows)} result rows in {run_dir / 'results.json'}; report: {report}")
