@@ -13,6 +13,7 @@ from cli_helpers import REPO, cli_env, run_cli, run_cmd
 
 OVER = [
     "lab.seed=7", "lab.languages.1.word_order=reverse", "lab.test_sentences=300",
+    "model.num_layers=2",  # half the quick trial's depth: the plumbing and the bounds, in half the suite time
     "train.steps=1600", "train.progress=false", "train.schedule.warmup_steps=100",
     "pipeline.draws=1", "pipeline.language_adapt.train.steps=200",
 ]
